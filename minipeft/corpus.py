@@ -9,18 +9,26 @@ documents built from them. Each kind is also the *pattern* of one downstream tas
 
     kind         example line                                                 task
     story        the red fox chased the duck in the park .                    (general text)
-    review       review : the movie was lovely . sentiment : positive         sentiment
+    review       review : the movie was lovely . verdict : good               sentiment
     paraphrase   sentence one : ... sentence two : ... same : yes             paraphrase
     table        name[the golden fox] food[pizza] ... : the golden fox ...    table2text
     spelling     casino=c a s i n o      and      asinoc=casino               unscramble
     sums         12 + 35 = 47                                                 arithmetic
 
+Reviews are the one pattern written differently from their task. The corpus ends a review
+with an unnamed verdict (" verdict : good"); the sentiment task asks for " sentiment :
+positive". So, like a real language model that has read many reviews but never SST-2's
+format, the pretrained model has the concept (is this review favourable?) at the end of a
+review but not the task's wording and label words: zero-shot it is near chance, and a
+fine-tune only has to connect the two. (An earlier corpus wrote reviews in the task's own
+format, and every checkpoint scored 100% before any fine-tuning.)
+
 Punctuation is written as separate words (" ." " ,") so the text stays easy to read and
 to tokenize. Everything is drawn from a `random.Random(seed)`, never from the global random
 state, so `generate_corpus(n, seed)` returns exactly the same documents on every machine.
-The `*_prompt` functions at the end are the single definition of each task's format: the
-corpus writes `prompt + answer` lines with them and `minipeft.tasks` builds its prompts
-with them, so the two can never drift apart.
+The `*_prompt` functions below are the single definition of each task's format: the corpus
+writes `prompt + answer` lines with them (all but `sentiment_prompt`, see above) and
+`minipeft.tasks` builds its prompts with them, so the two can never drift apart.
 """
 from __future__ import annotations
 
@@ -205,12 +213,13 @@ def make_review(rng: random.Random, positive: bool, shift: bool = False) -> str:
 
 
 def _review_document(rng: random.Random) -> list[str]:
+    """Reviews with a verdict line: the concept of the sentiment task, not its format."""
     lines = []
     for _ in range(rng.randint(2, 4)):
         positive = rng.random() < 0.5
         shift = rng.random() < SHIFT_REVIEW_FRACTION
-        label = "positive" if positive else "negative"
-        lines.append(sentiment_prompt(make_review(rng, positive, shift)) + " " + label)
+        verdict = "good" if positive else "bad"
+        lines.append(f"review : {make_review(rng, positive, shift)} verdict : {verdict}")
     return lines
 
 
@@ -394,7 +403,7 @@ def _sums_document(rng: random.Random) -> list[str]:
 
 
 def _simple_sentence(rng: random.Random) -> str:
-    kind = rng.choice(["action", "eat", "count", "mood"])
+    kind = rng.choice(["action", "eat", "count", "mood", "opinion"])
     if kind == "action":
         return _render(_random_scene(rng, "action"), rng.choice([0, 1, 2]))
     if kind == "eat":
@@ -404,6 +413,12 @@ def _simple_sentence(rng: random.Random) -> str:
         number = rng.randint(2, 12)
         return (f"{rng.choice(NAMES)} saw {NUMBER_WORDS[number]} {plural(rng.choice(ANIMALS))} "
                 f"near the {rng.choice(PLACES)} .")
+    if kind == "opinion":
+        # The sentiment task's label words, used as ordinary words (never after a review).
+        name, food = rng.choice(NAMES), rng.choice(FOODS)
+        if rng.random() < 0.5:
+            return f"{name} liked the {food} and felt positive about it ."
+        return f"{name} disliked the {food} and felt negative about it ."
     return _render(_random_scene(rng, "mood"), rng.choice([0, 1]))
 
 
