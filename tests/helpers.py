@@ -23,8 +23,8 @@ def tokens(seed: int = 1) -> torch.Tensor:
 def assert_preset_learns_sentiment(preset: str, steps: int = 80, lr: float = 3e-3) -> None:
     """Accuracy above chance + 0.1, and the training loss falls to a quarter of its start.
 
-    `small` already answers sentiment zero-shot (its corpus has reviews in the task's
-    format), so accuracy alone could come from the base: the falling loss shows φ learned.
+    The base `small` is at chance (its corpus ends reviews with "verdict : good", never
+    with the task's label words), so both show what φ learned.
     3e-3 is the CLI's default rate (AdaLoRA's singular values start at 0 and need it).
     """
     torch.manual_seed(0)

@@ -225,22 +225,22 @@ SMALL = CHECKPOINT_DIR / "small.safetensors"
 
 @pytest.fixture(scope="module")
 def sentiment_runs():
-    """{preset: (accuracy, answer loss)} after 40 steps at lr 3e-3, and the base's loss."""
+    """{preset: (accuracy, answer loss)} after 80 steps at lr 3e-3, and the base's loss."""
     if not SMALL.is_file():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     runs = {"base": (None, sentiment_answer_loss(load_pretrained("small")))}
     for name in ["houlsby", "pfeiffer", "parallel", "io_adapter"]:
         torch.manual_seed(0)
         model = get_peft_model(load_pretrained("small"), PRESETS[name]())
-        result = train(model, "sentiment", steps=40, lr=3e-3, eval_limit=100, progress=False)
+        result = train(model, "sentiment", steps=80, lr=3e-3, eval_limit=100, progress=False)
         runs[name] = (result.final_metric, sentiment_answer_loss(model))
     return runs
 
 
 @pytest.mark.parametrize("preset", ["houlsby", "pfeiffer", "parallel", "io_adapter"])
 def test_small_learns_sentiment(sentiment_runs, preset):
-    """Above chance, and better than the base: `small` already ranks the labels right
-    zero-shot, so the fine-tune must also halve the answer loss."""
+    """Above chance (the base is at chance: its corpus never names the task's labels), and
+    at most half the base's answer loss."""
     accuracy, loss = sentiment_runs[preset]
     assert accuracy > chance_baseline("sentiment") + 0.1
     assert loss < 0.5 * sentiment_runs["base"][1]

@@ -13,7 +13,7 @@ from minipeft.tokenizer import TRAINING_DOCUMENTS, BPETokenizer, load_tokenizer,
 # One regular expression per document kind, written from the formats in the brief rather
 # than from the generator's code. A story line is plain words and punctuation.
 LINE_PATTERNS = {
-    "review": r"review : [a-z ,]+ \. sentiment : (positive|negative)",
+    "review": r"review : [a-z ,]+ \. verdict : (good|bad)",
     "paraphrase": r"sentence one : [a-z0-9 ,]+ \. sentence two : [a-z0-9 ,]+ \. same : (yes|no)",
     "table": (r"name\[the [a-z]+ [a-z]+\] food\[[a-z]+\] area\[[a-z ]+\] "
               r"price\[[a-z]+\]( rating\[[a-z]+\])? : [a-z ,]+ \."),
@@ -114,20 +114,30 @@ def expected_review_label(review):
                 positive = not positive
             votes.add(positive)
     assert len(votes) == 1, review
-    return "positive" if votes.pop() else "negative"
+    return "good" if votes.pop() else "bad"
 
 
 def test_review_labels_follow_the_stated_rules(lines):
     reviews = [line for line in lines if line_kind(line) == "review"]
     shapes = {"but": 0, "not": 0}
     for line in reviews:
-        review, label = re.fullmatch(r"review : (.*) sentiment : (\w+)", line).groups()
+        review, label = re.fullmatch(r"review : (.*) verdict : (\w+)", line).groups()
         assert expected_review_label(review) == label, line
         shapes["but"] += " but " in review
         shapes["not"] += " not " in review
     assert shapes["but"] > 0 and shapes["not"] > 0
     labels = [line.split()[-1] for line in reviews]
-    assert 0.3 < labels.count("positive") / len(labels) < 0.7
+    assert 0.3 < labels.count("good") / len(labels) < 0.7
+
+
+def test_the_corpus_never_writes_the_sentiment_task_format(documents):
+    """Reviews end with "verdict : good|bad"; the task's "sentiment : positive" is never
+    seen in pretraining, so the base model starts at chance and fine-tuning has work to do.
+    The label words still occur, as ordinary words, so the tokenizer keeps them whole."""
+    text = "\n".join(documents)
+    assert "sentiment" not in text
+    positive_lines = [line for line in text.split("\n") if " positive " in line]
+    assert positive_lines and not any(line.startswith("review") for line in positive_lines)
 
 
 def test_some_reviews_are_about_shift_domain_subjects(lines):

@@ -152,15 +152,15 @@ SMALL = CHECKPOINT_DIR / "small.safetensors"
 
 
 def test_small_learns_sentiment_and_merges():
-    """40 steps at lr 3e-2 (IA³'s vectors need a larger rate than adapters): above chance,
-    half the base's answer loss (the base already ranks the labels right), and the merged
-    plain GPT gives the same answer loss."""
+    """80 steps at lr 3e-2 (IA³'s vectors need a larger rate than adapters): above chance
+    (the base is at chance), half the base's answer loss, and the merged plain GPT gives the
+    same answer loss."""
     if not SMALL.is_file():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     base_loss = sentiment_answer_loss(load_pretrained("small"))
     torch.manual_seed(0)
     model = get_peft_model(load_pretrained("small"), IA3Config())
-    result = train(model, "sentiment", steps=40, lr=3e-2, eval_limit=100, progress=False)
+    result = train(model, "sentiment", steps=80, lr=3e-2, eval_limit=100, progress=False)
     loss = sentiment_answer_loss(model)
     assert result.final_metric > chance_baseline("sentiment") + 0.1
     assert loss < 0.5 * base_loss

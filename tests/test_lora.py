@@ -487,8 +487,8 @@ def sentiment_runs():
                                 ("lora+", LoraConfig(r=8, alpha=16), 16)]:
         torch.manual_seed(0)
         model = get_peft_model(load_pretrained("small"), config)
-        groups = loraplus_param_groups(model, lr=1e-3, ratio=ratio) if ratio else None
-        result = train(model, "sentiment", steps=40, lr=1e-3, eval_limit=100,
+        groups = loraplus_param_groups(model, lr=3e-3, ratio=ratio) if ratio else None
+        result = train(model, "sentiment", steps=80, lr=3e-3, eval_limit=100,
                        param_groups=groups, progress=False)
         runs[name] = (result.final_metric, sentiment_answer_loss(model))
     return runs
@@ -496,8 +496,8 @@ def sentiment_runs():
 
 @pytest.mark.parametrize("method", ["lora", "rslora", "lora+"])
 def test_small_learns_sentiment(sentiment_runs, method):
-    """Above chance, and better than the base: the pretrained model already picks the right
-    label word, so the fine-tune must also lower the answer loss (label + end marker)."""
+    """Above chance (the base is at chance: its corpus never names the task's labels), and
+    at most half the base's answer loss (label + end marker)."""
     from minipeft.tasks import chance_baseline
     accuracy, loss = sentiment_runs[method]
     assert accuracy > chance_baseline("sentiment") + 0.1

@@ -426,27 +426,30 @@ def test_nearest_tokens_rejects_vectors_of_the_wrong_width(tokenizer):
 # Fine-tuning the pretrained `small` model (skipped until the checkpoint exists)
 # --------------------------------------------------------------------------------------
 SMALL = CHECKPOINT_DIR / "small.safetensors"
-LEARNING_RATES = {"prompt": 0.03, "prefix": 3e-3, "deep_prompt": 1e-2}
+# (learning rate, steps) per preset. The soft prompt first learns to answer with a label
+# word and only then which one, so it needs more steps than the deep methods; the prefix MLP
+# (Li & Liang's reparameterization) needs a small rate: at 3e-3 it stalls at the label prior.
+SCHEDULES = {"prompt": (0.03, 150), "prefix": (1e-3, 200), "deep_prompt": (3e-2, 80)}
 
 
 @pytest.fixture(scope="module")
 def sentiment_runs():
-    """{preset: (accuracy, answer loss, model)} after 40 steps, and the base's loss."""
+    """{preset: (accuracy, answer loss, model)} after its schedule, and the base's loss."""
     if not SMALL.is_file():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     runs = {"base": (None, sentiment_answer_loss(load_pretrained("small")), None)}
-    for name, lr in LEARNING_RATES.items():
+    for name, (lr, steps) in SCHEDULES.items():
         torch.manual_seed(0)
         model = get_peft_model(load_pretrained("small"), PRESETS[name]())
-        result = train(model, "sentiment", steps=40, lr=lr, eval_limit=100, progress=False)
+        result = train(model, "sentiment", steps=steps, lr=lr, eval_limit=100, progress=False)
         runs[name] = (result.final_metric, sentiment_answer_loss(model), model)
     return runs
 
 
-@pytest.mark.parametrize("preset", list(LEARNING_RATES))
+@pytest.mark.parametrize("preset", list(SCHEDULES))
 def test_small_learns_sentiment(sentiment_runs, preset):
-    """Above chance, and better than the base: `small` already ranks the labels right
-    zero-shot, so the fine-tune must also halve the answer loss."""
+    """Above chance (the base is at chance: its corpus never names the task's labels), and
+    at most half the base's answer loss."""
     accuracy, loss, _ = sentiment_runs[preset]
     assert accuracy > chance_baseline("sentiment") + 0.1
     assert loss < 0.5 * sentiment_runs["base"][1]

@@ -345,9 +345,7 @@ SMALL_LR = {"full": 1e-3, "head_only": 1e-3, "bitfit": 1e-2, "fish": 3e-3, "pafi
 
 @pytest.fixture(scope="module")
 def small_results():
-    """{preset: (validation accuracy, training losses)} after 15 steps on sentiment."""
-    from dataclasses import replace
-
+    """{preset: (validation accuracy, training losses)} after 40 steps on sentiment."""
     from minipeft.pretrained import load_pretrained
     from minipeft.train import train
 
@@ -357,11 +355,10 @@ def small_results():
         pytest.skip("the small checkpoint is not built yet")
     results = {}
     for name, make_config in PRESETS.items():
-        config = make_config()
-        if name == "fish":
-            config = replace(config, n_samples=16)  # fewer Fisher samples: a faster test
-        peft = get_peft_model(load_pretrained("small"), config)
-        run = train(peft, "sentiment", steps=15, lr=SMALL_LR[name], eval_limit=50,
+        # FISH keeps its default 64 Fisher samples: with 16 or 32 the mask misses the
+        # parameters that matter and 40 steps stay at chance (measured)
+        peft = get_peft_model(load_pretrained("small"), make_config())
+        run = train(peft, "sentiment", steps=40, lr=SMALL_LR[name], eval_limit=50,
                     progress=False)
         results[name] = (run.final_metric, run.losses)
     return results
@@ -373,6 +370,5 @@ def test_each_preset_learns_sentiment_on_small(small_results, name):
 
     metric, losses = small_results[name]
     assert metric > chance_baseline("sentiment") + 0.1
-    # the pretrained model already ranks the label words well; training must still lower
-    # the loss on the answer tokens (label word and end-of-text)
+    # the training loss on the answer tokens (label word and end-of-text) falls by half
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3

@@ -23,7 +23,7 @@ Variants in this file:
   their weighted combination (`add_weighted_adapter`, "linear" exact or "svd" truncated).
 
 `LoraLayer` is written to be reused: DoRA and QLoRA subclass it and keep `lora_A`, `lora_B`,
-`scaling` and `lora_delta(x)`.
+`scaling`, `lora_down(x)` and `lora_delta(x)`.
 """
 from __future__ import annotations
 
@@ -159,18 +159,32 @@ class LoraLayer(TunerLayer):
     def B(self) -> nn.Parameter:
         return self.lora_B[self.active_adapter]
 
-    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """(α/r) · B A dropout(x), computed as ((x Aᵀ) Bᵀ): (…, k) → (…, r) → (…, d)."""
+    def lora_down(self, x: torch.Tensor) -> torch.Tensor:
+        """s · A dropout(x), the scaled rank-r code of x: (…, k) → (…, r).
+
+        The scale s = α/r multiplies this r-wide tensor rather than the d-wide output: the
+        same product, r/d of the elementwise work (16× less for r = 8 on a 128-wide layer).
+        """
         name = self.active_adapter
         x = self.lora_dropout[name](x).to(self.lora_A[name].dtype)
-        down = F.linear(x, self.lora_A[name])  # x Aᵀ: (…, r)
-        return self.scaling[name] * F.linear(down, self.lora_B[name])  # s · (x Aᵀ) Bᵀ: (…, d)
+        return self.scaling[name] * F.linear(x, self.lora_A[name])  # s · x Aᵀ: (…, r)
+
+    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """(α/r) · B A dropout(x), computed as (s · x Aᵀ) Bᵀ: (…, k) → (…, r) → (…, d)."""
+        return F.linear(self.lora_down(x), self.lora_B[self.active_adapter])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)  # W₀x + b: (…, d)
         if self.disabled or self.merged or self.active_adapter is None:
             return result  # merged: W already holds W₀ + ΔW
-        return result + self.lora_delta(x).to(result.dtype)  # h = W₀x + b + (α/r) B A x
+        down = self.lora_down(x).to(result.dtype)  # s · x Aᵀ: (…, r)
+        B = self.lora_B[self.active_adapter].to(result.dtype)  # (d, r)
+        # h = W₀x + b + (s · x Aᵀ) Bᵀ. torch.addmm(M, P, Q) = M + P Q adds the rank-r product
+        # inside the matrix multiply instead of writing a (…, d) tensor and adding it: on
+        # narrow layers that saves a noticeable share of the step (see `python -m minipeft bench`).
+        h = torch.addmm(result.reshape(-1, self.out_features), down.reshape(-1, down.shape[-1]),
+                        B.t())  # (N, d), N = all leading dims flattened
+        return h.view(result.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """Dense ΔW = (α/r) B A: (d, r) @ (r, k) → (d, k). Merge and analysis only."""

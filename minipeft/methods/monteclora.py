@@ -174,14 +174,13 @@ class MonteCLoraLayer(LoraLayer):
         mixture = (pi[:, None, None] * samples).sum(dim=0)  # Σ_n π_n Z_n: (r, k)
         return mu + config.sample_scale * mixture
 
-    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """Training: (α/r) (x Ãᵀ) Bᵀ with a fresh Ã; eval: LoRA's (α/r) (x μᵀ) Bᵀ."""
+    def lora_down(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: (α/r) x Ãᵀ with a fresh Ã; eval: LoRA's (α/r) x μᵀ. (…, d_in) → (…, r)."""
         if not self.training:
-            return super().lora_delta(x)  # the deterministic mean path
+            return super().lora_down(x)  # the deterministic mean path
         name = self.active_adapter
         x = self.lora_dropout[name](x)
-        down = F.linear(x, self.sampled_A())  # x Ãᵀ: (…, r)
-        return self.scaling[name] * F.linear(down, self.lora_B[name])  # (…, d_out)
+        return self.scaling[name] * F.linear(x, self.sampled_A())  # s · x Ãᵀ: (…, r)
 
     def kl_divergence(self) -> torch.Tensor:
         """KL_Dir + KL_Wishart + N · E KL_Gauss of the active adapter (≥ 0)."""
