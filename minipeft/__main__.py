@@ -49,6 +49,7 @@ def build_model(size: str, method: str):
 
 
 def cmd_finetune(args) -> None:
+    from minipeft.methods import learning_rate
     from minipeft.tasks import chance_baseline
     from minipeft.train import evaluate_task, train
 
@@ -56,10 +57,11 @@ def cmd_finetune(args) -> None:
     print(f"{args.method} on {args.size}: ", end="")
     model.print_trainable_parameters()
     before = evaluate_task(model, args.task, "validation", limit=args.eval_limit)
-    result = train(model, args.task, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+    lr = learning_rate(args.method) if args.lr is None else args.lr
+    result = train(model, args.task, steps=args.steps, lr=lr, batch_size=args.batch_size,
                    eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet)
     print(f"validation {args.task}: before {before:.3f} → after {result.final_metric:.3f} "
-          f"(chance {chance_baseline(args.task):.3f}) in {result.seconds:.1f}s")
+          f"(chance {chance_baseline(args.task):.3f}) in {result.seconds:.1f}s at lr {lr:g}")
     if args.save:
         print("adapter saved to", model.save_pretrained(args.save))
 
@@ -95,6 +97,14 @@ def cmd_demo(args) -> None:
     run_demo()
 
 
+def cmd_slides(args) -> None:
+    """Rebuild the lecture slides (slides/*.slides.html) from the executed notebooks."""
+    from minipeft.slides import build_slides
+
+    for path in build_slides(args.notebooks or None):
+        print("wrote", path)
+
+
 def cmd_bench(args) -> None:
     """minipeft vs transformers + peft: training-step time and memory, inference latency."""
     from minipeft.bench import run_benchmark
@@ -123,7 +133,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default="sentiment")
     s.add_argument("--method", default="lora", help="a method preset, e.g. lora, full (see info)")
     s.add_argument("--steps", type=int, default=150)
-    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default: the method's, e.g. 3e-3 for lora, "
+                        "3e-2 for ia3 and prompt)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--eval-limit", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
@@ -147,6 +159,10 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="the main demo: LoRA fine-tuning end to end").set_defaults(
         run=cmd_demo)
+
+    s = sub.add_parser("slides", help="build slides/*.slides.html from the executed notebooks")
+    s.add_argument("notebooks", nargs="*", help="notebook files (default: all of notebooks/)")
+    s.set_defaults(run=cmd_slides)
 
     from minipeft.bench import add_arguments
 

@@ -6,7 +6,8 @@ Every path is resolved relative to this package, so the library works from any d
 """
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
 TASKS_DIR = DATA_DIR / "tasks"
 CHECKPOINT_DIR = DATA_DIR / "checkpoints"
 TOKENIZER_PATH = DATA_DIR / "tokenizer.json"

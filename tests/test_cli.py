@@ -10,7 +10,7 @@ from minipeft.__main__ import main
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "minipeft", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ["info", "pretrain", "finetune", "generate", "build-data", "demo"]:
+    for command in ["info", "pretrain", "finetune", "generate", "build-data", "demo", "slides"]:
         assert command in out
 
 
@@ -50,6 +50,16 @@ def test_finetune_prints_the_validation_metric(capsys):
                  "--eval-limit", "50", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "trainable" in out and "validation sentiment: before" in out
+
+
+@pytest.mark.parametrize("argv, rate", [
+    (["--method", "ia3"], "lr 0.03"),  # the method's own rate (methods.LEARNING_RATES)
+    (["--method", "lora"], "lr 0.003"),  # the default rate
+    (["--method", "ia3", "--lr", "0.5"], "lr 0.5"),  # an explicit --lr wins
+])
+def test_finetune_uses_the_methods_learning_rate_unless_given(capsys, argv, rate):
+    assert main(["finetune", *argv, "--steps", "1", "--eval-limit", "4", "--quiet"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(rate)
 
 
 def test_demo_trains_lora_merges_exactly_and_lowers_the_answer_loss(capsys):
