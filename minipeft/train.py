@@ -241,7 +241,9 @@ def answer_loss(model: nn.Module, task: str, split: str = "validation",
     """Mean cross-entropy of the answer tokens (answer and end-of-text) on a task split.
 
     The fine-tuning objective on held-out data: still informative when the task metric is
-    already saturated (the pretrained `small` ranks the sentiment labels perfectly).
+    saturated (every good method reaches accuracy 1.00) or flat (a model that has learned
+    to answer with a label word but not yet which one is at chance accuracy, yet its loss
+    has fallen from ~10 to the label prior ln 2 / 2).
     """
     from minipeft.tasks import encode_example, load_examples
     from minipeft.tokenizer import load_tokenizer

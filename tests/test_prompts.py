@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minipeft.analysis import nearest_tokens
+from minipeft.methods import learning_rate
 from minipeft.methods.base import PeftModel, get_peft_model
 from minipeft.methods.prompts import (PRESETS, DeepPromptConfig, PrefixTuningConfig,
                                       PrefixTuningModel, PromptTuningConfig)
@@ -426,10 +427,10 @@ def test_nearest_tokens_rejects_vectors_of_the_wrong_width(tokenizer):
 # Fine-tuning the pretrained `small` model (skipped until the checkpoint exists)
 # --------------------------------------------------------------------------------------
 SMALL = CHECKPOINT_DIR / "small.safetensors"
-# (learning rate, steps) per preset. The soft prompt first learns to answer with a label
-# word and only then which one, so it needs more steps than the deep methods; the prefix MLP
-# (Li & Liang's reparameterization) needs a small rate: at 3e-3 it stalls at the label prior.
-SCHEDULES = {"prompt": (0.03, 150), "prefix": (1e-3, 200), "deep_prompt": (3e-2, 80)}
+# Steps per preset, at the method's own rate (minipeft.methods.learning_rate). The soft prompt
+# first learns to answer with a label word and only then which one, so it needs more steps
+# than the deep methods; so does the prefix MLP at its small rate (at 3e-3 it stalls).
+STEPS = {"prompt": 150, "prefix": 200, "deep_prompt": 80}
 
 
 @pytest.fixture(scope="module")
@@ -438,15 +439,16 @@ def sentiment_runs():
     if not SMALL.is_file():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     runs = {"base": (None, sentiment_answer_loss(load_pretrained("small")), None)}
-    for name, (lr, steps) in SCHEDULES.items():
+    for name, steps in STEPS.items():
         torch.manual_seed(0)
         model = get_peft_model(load_pretrained("small"), PRESETS[name]())
-        result = train(model, "sentiment", steps=steps, lr=lr, eval_limit=100, progress=False)
+        result = train(model, "sentiment", steps=steps, lr=learning_rate(name), eval_limit=100,
+                       progress=False)
         runs[name] = (result.final_metric, sentiment_answer_loss(model), model)
     return runs
 
 
-@pytest.mark.parametrize("preset", list(SCHEDULES))
+@pytest.mark.parametrize("preset", list(STEPS))
 def test_small_learns_sentiment(sentiment_runs, preset):
     """Above chance (the base is at chance: its corpus never names the task's labels), and
     at most half the base's answer loss."""
