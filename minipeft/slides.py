@@ -2,9 +2,9 @@
 
 Each notebook in notebooks/ becomes one reveal.js slide deck, slides/<notebook>.slides.html,
 so what an instructor shows is exactly what the notebook computed (outputs included, nothing
-re-run). The notebooks carry no slide markup of their own: a markdown cell that opens with a
-`#` or `##` heading starts a new slide and every other cell continues the current one.
-Slides scroll, so a long code cell with its plot stays on one slide.
+re-run). The notebooks carry no slide markup of their own: every `#` or `##` heading in a
+markdown cell starts a new slide (a cell with a heading in its middle is split there, in the
+deck only) and every other cell continues the current one. Slides scroll, so a long code cell with its plot stays on one slide.
 
 The decks load reveal.js from its public CDN when opened in a browser; building them needs
 no network.
@@ -12,6 +12,7 @@ no network.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,19 +21,40 @@ from minipeft.paths import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SLIDES_DIR = REPO_ROOT / "slides"
-SLIDE_HEADINGS = ("# ", "## ")  # a markdown cell opening with one of these starts a slide
+SLIDE_HEADING = re.compile(r"##? ")  # a markdown line starting like this opens a slide
 
 
-def starts_slide(cell) -> bool:
-    return cell.cell_type == "markdown" and cell.source.lstrip().startswith(SLIDE_HEADINGS)
+def heading_lines(source: str) -> list[int]:
+    """Indices of the lines of a markdown source that open a slide (not inside ``` fences)."""
+    found, in_fence = [], False
+    for i, line in enumerate(source.split("\n")):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and SLIDE_HEADING.match(line):
+            found.append(i)
+    return found
+
+
+def split_at_headings(cell) -> list:
+    """A markdown cell as one cell per heading-led part (the text before a heading stays)."""
+    lines = cell.source.split("\n")
+    cuts = [i for i in heading_lines(cell.source) if i > 0]
+    if not cuts:
+        return [cell]
+    parts = [lines[a:b] for a, b in zip([0] + cuts, cuts + [len(lines)])]
+    return [nbformat.v4.new_markdown_cell("\n".join(part).strip("\n")) for part in parts]
 
 
 def mark_slides(notebook):
-    """A copy of `notebook` with reveal.js slide types set on every cell."""
+    """A copy of `notebook` with reveal.js slide types on every cell, split at headings."""
     marked = copy.deepcopy(notebook)
-    for i, cell in enumerate(marked.cells):
-        slide_type = "slide" if i == 0 or starts_slide(cell) else "-"
-        cell.metadata["slideshow"] = {"slide_type": slide_type}
+    cells = []
+    for cell in marked.cells:
+        cells += split_at_headings(cell) if cell.cell_type == "markdown" else [cell]
+    for i, cell in enumerate(cells):
+        opens = cell.cell_type == "markdown" and heading_lines(cell.source)[:1] == [0]
+        cell.metadata["slideshow"] = {"slide_type": "slide" if i == 0 or opens else "-"}
+    marked.cells = cells
     return marked
 
 

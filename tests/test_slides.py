@@ -16,12 +16,14 @@ def deck(tmp_path_factory):
     return path
 
 
-def test_one_slide_per_heading_cell(deck):
+def test_one_slide_per_heading(deck):
     cells = json.loads(NOTEBOOK.read_text())["cells"]
-    headings = [c for c in cells if c["cell_type"] == "markdown"
-                and re.match(r"\s*##? ", "".join(c["source"]))]
-    first_is_heading = cells[0] in headings
-    expected = len(headings) + (0 if first_is_heading else 1)
+    markdown = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    assert not any("```" in text for text in markdown)  # so every "# " line is a heading
+    headings = sum(len(re.findall(r"^##? ", text, flags=re.M)) for text in markdown)
+    first_is_heading = cells[0]["cell_type"] == "markdown" and re.match(
+        r"##? ", "".join(cells[0]["source"]))
+    expected = headings + (0 if first_is_heading else 1)
     html = deck.read_text()
     # reveal.js wraps every slide in an outer <section> holding one inner <section>
     assert html.count("<section") == 2 * expected
@@ -36,6 +38,24 @@ def test_the_notebook_outputs_are_in_the_deck(deck):
     html = deck.read_text()
     assert all(line.split()[0] in html for line in printed)
     assert html.count("data:image/png;base64") >= 1  # the plot travels with the slide
+
+
+def test_a_heading_inside_a_cell_starts_a_slide_there(tmp_path):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title\nintro"),
+        nbformat.v4.new_markdown_cell("end of part one\n\n## Part two\nbody\n```\n# not a heading\n```"),
+        nbformat.v4.new_code_cell("x = 1"),
+    ])
+    path = tmp_path / "toy.ipynb"
+    nbformat.write(notebook, path)
+    [deck] = build_slides([path], tmp_path)
+    html = deck.read_text()
+    assert html.count("<section") == 2 * 2  # "# Title" and "## Part two", not the fenced line
+    slides = html.split("<section")
+    assert "end of part one" in slides[2] and "Part two" in slides[4]
+    assert nbformat.read(path, as_version=4) == notebook  # the notebook itself is untouched
 
 
 def test_a_missing_notebook_is_a_clear_error(tmp_path):
