@@ -4,7 +4,8 @@ Each notebook in notebooks/ becomes one reveal.js slide deck, slides/<notebook>.
 so what an instructor shows is exactly what the notebook computed (outputs included, nothing
 re-run). The notebooks carry no slide markup of their own: every `#` or `##` heading in a
 markdown cell starts a new slide (a cell with a heading in its middle is split there, in the
-deck only) and every other cell continues the current one. Slides scroll, so a long code cell with its plot stays on one slide.
+deck only) and every other cell continues the current one. Slides scroll, so a long code
+cell with its plot stays on one slide.
 
 The decks load reveal.js from its public CDN when opened in a browser; building them needs
 no network.

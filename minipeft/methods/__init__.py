@@ -55,8 +55,8 @@ def learning_rate(preset: str) -> float:
 
 
 __all__ = [
-    "PeftConfig", "learning_rate", "PeftModel", "TunerLayer", "VALID_TARGETS", "PRESETS", "find_targets",
-    "get_peft_model", "register_method", "replace_module",
+    "PeftConfig", "PeftModel", "TunerLayer", "VALID_TARGETS", "PRESETS", "find_targets",
+    "get_peft_model", "register_method", "replace_module", "learning_rate",
     "LoraConfig", "LoraModel", "loraplus_param_groups", "compose", "lorahub_search",
     "DoraConfig", "DoraModel", "AdaLoraConfig", "AdaLoraModel", "QLoraConfig", "QLoraModel",
     "MonteCLoraConfig", "MonteCLoraModel", "IntrinsicConfig", "IntrinsicModel",
