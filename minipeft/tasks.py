@@ -15,8 +15,8 @@ and is trained to predict only the answer and the end marker (`encode_example`):
 prompt is given, not something to learn. The prompt formats come from `minipeft.corpus`,
 so pretraining has already shown the model each pattern, except sentiment's: the corpus ends
 reviews with "verdict : good", so the model knows the concept but not the task's wording
-and starts at chance. The examples are drawn from their
-own random stream (seeded by task name and seed), not copied from the corpus.
+and starts at chance. The examples are drawn from their own random stream (seeded by task
+name and seed), not copied from the corpus.
 
 Splits are train (2000), validation (200) and test (200), with no prompt in two splits and
 both labels equally often in classification tasks. `sentiment` also has a `shift` split
