@@ -7,8 +7,9 @@ markdown cell starts a new slide (a cell with a heading in its middle is split t
 deck only) and every other cell continues the current one. Slides scroll, so a long code
 cell with its plot stays on one slide.
 
-The decks load reveal.js from its public CDN when opened in a browser; building them needs
-no network.
+The decks share one stylesheet, slides/notebook.css (nbconvert's notebook CSS, otherwise
+repeated inside every deck), and load reveal.js from its public CDN when opened in a
+browser; building them needs no network.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from minipeft.paths import REPO_ROOT
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SLIDES_DIR = REPO_ROOT / "slides"
 SLIDE_HEADING = re.compile(r"##? ")  # a markdown line starting like this opens a slide
+SHARED_CSS = "notebook.css"
+STYLE_RUN = re.compile(r"(?:<style[^>]*>.*?</style>\s*)+", re.S)  # adjacent <style> blocks
+STYLE_TEXT = re.compile(r"<style[^>]*>(.*?)</style>", re.S)
 
 
 def heading_lines(source: str) -> list[int]:
@@ -59,8 +63,19 @@ def mark_slides(notebook):
     return marked
 
 
+def inline_css(body: str) -> tuple[str, re.Match | None]:
+    """The CSS of nbconvert's run of inline <style> blocks in `body`, and where that run is."""
+    run = STYLE_RUN.search(body)
+    css = "\n".join(STYLE_TEXT.findall(run.group(0))) if run else ""
+    return css, run
+
+
 def build_slides(notebooks: list[Path] | None = None, out_dir: Path = SLIDES_DIR) -> list[Path]:
-    """Write one .slides.html per notebook (default: all of notebooks/); returns the paths."""
+    """Write one .slides.html per notebook (default: all of notebooks/); returns the paths.
+
+    nbconvert inlines the same ~260 KB of notebook CSS into every deck; it is written once, to
+    out_dir/notebook.css, and each deck whose CSS matches links to it instead.
+    """
     from nbconvert import SlidesExporter
 
     notebooks = sorted(NOTEBOOKS_DIR.glob("*.ipynb")) if notebooks is None else notebooks
@@ -70,9 +85,17 @@ def build_slides(notebooks: list[Path] | None = None, out_dir: Path = SLIDES_DIR
     exporter = SlidesExporter(reveal_scroll=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    shared_css = None  # the CSS written to notebook.css by this build (from the first deck)
     written = []
     for path in map(Path, notebooks):
         body, _ = exporter.from_notebook_node(mark_slides(nbformat.read(path, as_version=4)))
+        css, run = inline_css(body)
+        if run and shared_css is None:
+            shared_css = css
+            (out_dir / SHARED_CSS).write_text(css, encoding="utf-8")
+        if run and css == shared_css:  # otherwise the deck keeps its own CSS inline
+            link = f'<link href="{SHARED_CSS}" rel="stylesheet"/>\n'
+            body = body[:run.start()] + link + body[run.end():]
         target = out_dir / f"{path.stem}.slides.html"
         target.write_text(body, encoding="utf-8")
         written.append(target)

@@ -40,6 +40,13 @@ def test_the_notebook_outputs_are_in_the_deck(deck):
     assert html.count("data:image/png;base64") >= 1  # the plot travels with the slide
 
 
+def test_the_notebook_css_is_shared_not_inlined(deck):
+    html = deck.read_text()
+    css = (deck.parent / "notebook.css").read_text()
+    assert '<link href="notebook.css" rel="stylesheet"/>' in html and "<style" not in html
+    assert len(css) > 100_000 and ".jp-" in css  # JupyterLab's notebook styles
+
+
 def test_a_heading_inside_a_cell_starts_a_slide_there(tmp_path):
     import nbformat
 
