@@ -1,7 +1,7 @@
 """What the method tests share: a tiny random GPT, random tokens, and the `small` check."""
 import torch
 
-from minipeft.methods import PRESETS, get_peft_model
+from minipeft.methods import PRESETS, get_peft_model, learning_rate
 from minipeft.model import GPT, GPTConfig
 from minipeft.pretrained import load_pretrained
 from minipeft.tasks import chance_baseline
@@ -20,16 +20,18 @@ def tokens(seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(seed))
 
 
-def assert_preset_learns_sentiment(preset: str, steps: int = 80, lr: float = 3e-3) -> None:
+def assert_preset_learns_sentiment(preset: str, steps: int = 80) -> None:
     """Accuracy above chance + 0.1, and the training loss falls to a quarter of its start.
 
     The base `small` is at chance (its corpus ends reviews with "verdict : good", never
     with the task's label words), so both show what φ learned.
-    3e-3 is the CLI's default rate (AdaLoRA's singular values start at 0 and need it).
+    Trained at the preset's own rate, as the CLI does (3e-3 for the LoRA family; AdaLoRA's
+    singular values start at 0 and need it).
     """
     torch.manual_seed(0)
     model = get_peft_model(load_pretrained("small"), PRESETS[preset]())
-    result = train(model, "sentiment", steps=steps, lr=lr, eval_limit=100, progress=False)
+    result = train(model, "sentiment", steps=steps, lr=learning_rate(preset), eval_limit=100,
+                   progress=False)
     assert result.final_metric > chance_baseline("sentiment") + 0.1
     first, last = result.losses[:5], result.losses[-10:]
     assert sum(last) / len(last) < 0.25 * sum(first) / len(first)

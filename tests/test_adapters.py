@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from minipeft.methods.adapters import PLACEMENTS, PRESETS, AdapterConfig, AdapterModel
+from minipeft.methods import learning_rate
 from minipeft.methods.base import PeftModel, get_peft_model
 from minipeft.model import GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
@@ -225,14 +226,15 @@ SMALL = CHECKPOINT_DIR / "small.safetensors"
 
 @pytest.fixture(scope="module")
 def sentiment_runs():
-    """{preset: (accuracy, answer loss)} after 80 steps at lr 3e-3, and the base's loss."""
+    """{preset: (accuracy, answer loss)} after 80 steps at its rate, and the base's loss."""
     if not SMALL.is_file():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     runs = {"base": (None, sentiment_answer_loss(load_pretrained("small")))}
     for name in ["houlsby", "pfeiffer", "parallel", "io_adapter"]:
         torch.manual_seed(0)
         model = get_peft_model(load_pretrained("small"), PRESETS[name]())
-        result = train(model, "sentiment", steps=80, lr=3e-3, eval_limit=100, progress=False)
+        result = train(model, "sentiment", steps=80, lr=learning_rate(name), eval_limit=100,
+                       progress=False)
         runs[name] = (result.final_metric, sentiment_answer_loss(model))
     return runs
 

@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 
+from minipeft.methods import learning_rate
 from minipeft.methods.base import PeftModel, TunerLayer, get_peft_model
 from minipeft.methods.ia3 import IA3Config, IA3Model
 from minipeft.model import GPT, GPTConfig
@@ -152,7 +153,7 @@ SMALL = CHECKPOINT_DIR / "small.safetensors"
 
 
 def test_small_learns_sentiment_and_merges():
-    """80 steps at lr 3e-2 (IA³'s vectors need a larger rate than adapters): above chance
+    """80 steps at IA³'s rate, 3e-2 (its vectors need a larger one than adapters): above chance
     (the base is at chance), half the base's answer loss, and the merged plain GPT gives the
     same answer loss."""
     if not SMALL.is_file():
@@ -160,7 +161,8 @@ def test_small_learns_sentiment_and_merges():
     base_loss = sentiment_answer_loss(load_pretrained("small"))
     torch.manual_seed(0)
     model = get_peft_model(load_pretrained("small"), IA3Config())
-    result = train(model, "sentiment", steps=80, lr=3e-2, eval_limit=100, progress=False)
+    result = train(model, "sentiment", steps=80, lr=learning_rate("ia3"), eval_limit=100,
+                   progress=False)
     loss = sentiment_answer_loss(model)
     assert result.final_metric > chance_baseline("sentiment") + 0.1
     assert loss < 0.5 * base_loss

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minipeft.methods import learning_rate
 from minipeft.methods.base import PeftModel, get_peft_model
 from minipeft.methods.intrinsic import (
     PRESETS, FastfoodProjection, IntrinsicConfig, d90, fwht,
@@ -168,6 +169,7 @@ def test_intrinsic_learns_sentiment_on_small():
     except FileNotFoundError:
         pytest.skip("the small checkpoint is not built yet")
     peft = get_peft_model(base, PRESETS["intrinsic"]())
-    run = train(peft, "sentiment", steps=60, lr=0.05, eval_limit=50, progress=False)
+    run = train(peft, "sentiment", steps=60, lr=learning_rate("intrinsic"), eval_limit=50,
+                progress=False)
     assert run.final_metric > chance_baseline("sentiment") + 0.1
     assert sum(run.losses[-3:]) / 3 < 0.5 * sum(run.losses[:3]) / 3  # training did something
