@@ -47,7 +47,10 @@ def split_at_headings(cell) -> list:
     if not cuts:
         return [cell]
     parts = [lines[a:b] for a, b in zip([0] + cuts, cuts + [len(lines)])]
-    return [nbformat.v4.new_markdown_cell("\n".join(part).strip("\n")) for part in parts]
+    # ids derived from the cell's own, so that rebuilding a deck writes the same HTML
+    base_id = cell.get("id", "cell")
+    return [nbformat.v4.new_markdown_cell("\n".join(part).strip("\n"), id=f"{base_id}-{k}")
+            for k, part in enumerate(parts)]
 
 
 def mark_slides(notebook):
@@ -57,7 +60,7 @@ def mark_slides(notebook):
     for cell in marked.cells:
         cells += split_at_headings(cell) if cell.cell_type == "markdown" else [cell]
     for i, cell in enumerate(cells):
-        opens = cell.cell_type == "markdown" and heading_lines(cell.source)[:1] == [0]
+        opens = cell.cell_type == "markdown" and SLIDE_HEADING.match(cell.source)
         cell.metadata["slideshow"] = {"slide_type": "slide" if i == 0 or opens else "-"}
     marked.cells = cells
     return marked

@@ -52,7 +52,8 @@ def test_a_heading_inside_a_cell_starts_a_slide_there(tmp_path):
 
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# Title\nintro"),
-        nbformat.v4.new_markdown_cell("end of part one\n\n## Part two\nbody\n```\n# not a heading\n```"),
+        nbformat.v4.new_markdown_cell(
+            "end of part one\n\n## Part two\nbody\n```\n# not a heading\n```"),
         nbformat.v4.new_code_cell("x = 1"),
     ])
     path = tmp_path / "toy.ipynb"
@@ -63,6 +64,8 @@ def test_a_heading_inside_a_cell_starts_a_slide_there(tmp_path):
     slides = html.split("<section")
     assert "end of part one" in slides[2] and "Part two" in slides[4]
     assert nbformat.read(path, as_version=4) == notebook  # the notebook itself is untouched
+    [again] = build_slides([path], tmp_path / "again")
+    assert again.read_text() == html  # a rebuild writes the same bytes (stable cell ids)
 
 
 def test_a_missing_notebook_is_a_clear_error(tmp_path):
