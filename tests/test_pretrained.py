@@ -1,11 +1,12 @@
 """The shipped checkpoints: they load, they learned the toy world, they fine-tune, bad files fail."""
 import math
+import random
 import shutil
 
 import pytest
 import torch
 
-from minipeft.corpus import generate_corpus
+from minipeft.corpus import ANIMALS, COLOURS, NAMES, generate_corpus, with_article
 from minipeft.model import GPT
 from minipeft.paths import CHECKPOINT_DIR
 from minipeft.pretrained import SIZES, corpus_tokens, load_pretrained, pretrain
@@ -57,11 +58,36 @@ def test_small_generates_toy_world_text(small, tokenizer):
         assert "." in words, text
 
 
+@pytest.mark.xfail(strict=True, reason="the 800-step checkpoints never learned to copy from "
+                   "their context (no induction heads); see the comment")
+def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
+    """After "there anna saw a red cat . the", the corpus always continues with " cat".
+
+    Predicting that word needs in-context copying (an induction head: find the earlier
+    "a red", copy the word after it; Olsson et al. 2022). Chance among the 16 animals is
+    0.06. The shipped small scores 0.06 here, and 0.002 on a repeated random word list,
+    so it has learned the corpus's templates but not to look things up in its context.
+    That is why paraphrase (compare two sentences slot by slot) stays at chance. Pretraining
+    experiments (restatement and echo documents, lr 1e-3, all at 800 steps) did not change
+    it; a from-scratch model learns a pure copy task only after about 450 steps.
+    """
+    rng, hits = random.Random(0), 0
+    for _ in range(50):
+        name, animal, colour = rng.choice(NAMES), rng.choice(ANIMALS), rng.choice(COLOURS)
+        pet = with_article(f"{colour} {animal}")
+        story = f"{name} went to the park .\nthere {name} saw {pet} .\nthe"
+        logits = small(torch.tensor([tokenizer.encode(story)])).logits[0, -1]
+        hits += int(logits.argmax()) == tokenizer.encode(" " + animal)[0]
+    assert hits / 50 > 0.5
+
+
 # (steps, required margin over the chance baseline). Classification gets a clear margin; the
 # exact-match tasks start at 0 and need longer to get any answer right, so they only have to
 # beat chance. Paraphrase is not learned by a short full fine-tune of `small` (0.53 after
 # 500 steps and 0.60 after 2,000 at batch 32, by then overfitting the 2,000 training
-# pairs): a known gap, kept visible as a strict xfail.
+# pairs; 0.59 after 1,500 steps on 48,000 fresh pairs, so more data is not the cure): a
+# known gap, kept visible as a strict xfail. Its cause is the xfail above: comparing two
+# sentences needs copying from the context, which the checkpoints never learned.
 FINE_TUNE_CASES = [
     ("sentiment", 80, 0.1),
     ("table2text", 80, 0.1),
