@@ -59,7 +59,7 @@ def test_small_generates_toy_world_text(small, tokenizer):
 
 
 @pytest.mark.xfail(strict=True, reason="the 800-step checkpoints never learned to copy from "
-                   "their context (no induction heads); see the comment")
+                   "their context (no induction heads); see the docstring")
 def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
     """After "there anna saw a red cat . the", the corpus always continues with " cat".
 
@@ -67,9 +67,10 @@ def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
     "a red", copy the word after it; Olsson et al. 2022). Chance among the 16 animals is
     0.06. The shipped small scores 0.06 here, and 0.002 on a repeated random word list,
     so it has learned the corpus's templates but not to look things up in its context.
-    That is why paraphrase (compare two sentences slot by slot) stays at chance. Pretraining
-    experiments (restatement and echo documents, lr 1e-3, all at 800 steps) did not change
-    it; a from-scratch model learns a pure copy task only after about 450 steps.
+    Copying is what in-context learning and paraphrase (compare two sentences slot by slot)
+    build on. It appears only with a corpus that repeats and restates sentences and a longer
+    pretraining: at lr 1e-3 this probe jumped from 0.04 to 1.0 between steps 1,000 and 1,250
+    of 3,000, and stayed at chance through 1,750 steps on the shipped corpus.
     """
     rng, hits = random.Random(0), 0
     for _ in range(50):
@@ -86,8 +87,9 @@ def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
 # beat chance. Paraphrase is not learned by a short full fine-tune of `small` (0.53 after
 # 500 steps and 0.60 after 2,000 at batch 32, by then overfitting the 2,000 training
 # pairs; 0.59 after 1,500 steps on 48,000 fresh pairs, so more data is not the cure): a
-# known gap, kept visible as a strict xfail. Its cause is the xfail above: comparing two
-# sentences needs copying from the context, which the checkpoints never learned.
+# known gap, kept visible as a strict xfail. Copying from the context (the xfail above) is
+# not enough on its own: a small that copies (3,000 steps on a corpus with restatements)
+# still answered "yes" to everything after 300 steps and reached 0.63 after 1,000.
 FINE_TUNE_CASES = [
     ("sentiment", 80, 0.1),
     ("table2text", 80, 0.1),
