@@ -20,6 +20,16 @@ def tokens(seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(seed))
 
 
+def fine_tune_sentiment(preset: str, steps: int, eval_limit: int = 100):
+    """`small` wrapped by a preset and trained on sentiment at the preset's own rate, as the
+    CLI does; returns (model, TrainResult)."""
+    torch.manual_seed(0)
+    model = get_peft_model(load_pretrained("small"), PRESETS[preset]())
+    result = train(model, "sentiment", steps=steps, lr=learning_rate(preset),
+                   eval_limit=eval_limit, progress=False)
+    return model, result
+
+
 def assert_preset_learns_sentiment(preset: str, steps: int = 80) -> None:
     """Accuracy above chance + 0.1, and the training loss falls to a quarter of its start.
 
@@ -28,10 +38,7 @@ def assert_preset_learns_sentiment(preset: str, steps: int = 80) -> None:
     Trained at the preset's own rate, as the CLI does (3e-3 for the LoRA family; AdaLoRA's
     singular values start at 0 and need it).
     """
-    torch.manual_seed(0)
-    model = get_peft_model(load_pretrained("small"), PRESETS[preset]())
-    result = train(model, "sentiment", steps=steps, lr=learning_rate(preset), eval_limit=100,
-                   progress=False)
+    _, result = fine_tune_sentiment(preset, steps)
     assert result.final_metric > chance_baseline("sentiment") + 0.1
     first, last = result.losses[:5], result.losses[-10:]
     assert sum(last) / len(last) < 0.25 * sum(first) / len(first)

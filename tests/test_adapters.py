@@ -4,15 +4,13 @@ import copy
 import pytest
 import torch
 
-from minipeft.methods.adapters import PLACEMENTS, PRESETS, AdapterConfig, AdapterModel
-from minipeft.methods import learning_rate
+from minipeft.methods.adapters import PLACEMENTS, AdapterConfig, AdapterModel
 from minipeft.methods.base import PeftModel, get_peft_model
 from minipeft.model import GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
 from minipeft.pretrained import load_pretrained
 from minipeft.tasks import chance_baseline
-from minipeft.train import train
-from helpers import sentiment_answer_loss
+from helpers import fine_tune_sentiment, sentiment_answer_loss
 
 CONFIG = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, d_model=16)
 D = CONFIG.d_model
@@ -231,10 +229,7 @@ def sentiment_runs():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     runs = {"base": (None, sentiment_answer_loss(load_pretrained("small")))}
     for name in ["houlsby", "pfeiffer", "parallel", "io_adapter"]:
-        torch.manual_seed(0)
-        model = get_peft_model(load_pretrained("small"), PRESETS[name]())
-        result = train(model, "sentiment", steps=80, lr=learning_rate(name), eval_limit=100,
-                       progress=False)
+        model, result = fine_tune_sentiment(name, steps=80)
         runs[name] = (result.final_metric, sentiment_answer_loss(model))
     return runs
 

@@ -11,17 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from minipeft.analysis import nearest_tokens
-from minipeft.methods import learning_rate
 from minipeft.methods.base import PeftModel, get_peft_model
-from minipeft.methods.prompts import (PRESETS, DeepPromptConfig, PrefixTuningConfig,
+from minipeft.methods.prompts import (DeepPromptConfig, PrefixTuningConfig,
                                       PrefixTuningModel, PromptTuningConfig)
 from minipeft.model import IGNORE_INDEX, GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
 from minipeft.pretrained import load_pretrained
 from minipeft.tasks import chance_baseline
 from minipeft.tokenizer import load_tokenizer
-from minipeft.train import train
-from helpers import sentiment_answer_loss
+from helpers import fine_tune_sentiment, sentiment_answer_loss
 
 CONFIG = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, d_model=16)
 # Text and label initialisations need the shipped tokenizer's vocabulary.
@@ -440,10 +438,7 @@ def sentiment_runs():
         pytest.skip("data/checkpoints/small.safetensors is not built yet")
     runs = {"base": (None, sentiment_answer_loss(load_pretrained("small")), None)}
     for name, steps in STEPS.items():
-        torch.manual_seed(0)
-        model = get_peft_model(load_pretrained("small"), PRESETS[name]())
-        result = train(model, "sentiment", steps=steps, lr=learning_rate(name), eval_limit=100,
-                       progress=False)
+        model, result = fine_tune_sentiment(name, steps)
         runs[name] = (result.final_metric, sentiment_answer_loss(model), model)
     return runs
 
