@@ -60,7 +60,7 @@ def mark_slides(notebook):
     for cell in marked.cells:
         cells += split_at_headings(cell) if cell.cell_type == "markdown" else [cell]
     for i, cell in enumerate(cells):
-        opens = cell.cell_type == "markdown" and SLIDE_HEADING.match(cell.source)
+        opens = cell.cell_type == "markdown" and heading_lines(cell.source)[:1] == [0]
         cell.metadata["slideshow"] = {"slide_type": "slide" if i == 0 or opens else "-"}
     marked.cells = cells
     return marked
