@@ -265,45 +265,93 @@ def _styles(scene: dict[str, str]) -> list[int]:
     return [0, 1, 2] if scene["kind"] == "action" else [0, 1]
 
 
-def _change_one_fact(rng: random.Random, scene: dict[str, str]) -> dict[str, str]:
-    """A copy of `scene` with one fact replaced, so that it no longer means the same."""
+# The values each fact of a scene can take ("other" is an action's second animal).
+FACT_VALUES = {"colour": COLOURS, "animal": ANIMALS, "other": ANIMALS, "place": PLACES,
+               "mood": MOODS, "name": NAMES, "number": [str(n) for n in range(2, 13)]}
+
+
+def _replace_fact(rng: random.Random, scene: dict[str, str], fact: str) -> None:
+    """Give `scene[fact]` a new value (in place); an action's two animals stay different."""
+    taken = {scene[fact]}
+    if fact in ("animal", "other") and scene["kind"] == "action":
+        taken |= {scene["animal"], scene["other"]}
+    scene[fact] = rng.choice([value for value in FACT_VALUES[fact] if value not in taken])
+
+
+def _change_facts(rng: random.Random, scene: dict[str, str], count: int) -> dict[str, str]:
+    """A copy of `scene` with `count` of its facts replaced, so that it means something else.
+
+    MRPC's non-paraphrases range from one changed detail to a different event, so a "no"
+    pair disagrees on one to three facts. A single change may also be an action's swapped
+    roles ("the fox chased the duck" vs "the duck chased the fox").
+    """
     changed = dict(scene)
-    options = {"colour": COLOURS, "animal": ANIMALS, "place": PLACES, "mood": MOODS,
-               "name": NAMES, "number": [str(n) for n in range(2, 13)]}
-    facts = [key for key in scene if key in options]
-    if scene["kind"] == "action":
-        facts.append("swap")  # "the fox chased the duck" vs "the duck chased the fox"
-    fact = rng.choice(facts)
-    if fact == "swap":
+    facts = [key for key in scene if key in FACT_VALUES]
+    if count == 1 and scene["kind"] == "action" and rng.random() < 1 / (len(facts) + 1):
         changed["animal"], changed["other"] = scene["other"], scene["animal"]
         return changed
-    # The new value must differ from the old one, and an action's two animals stay different.
-    taken = {scene[fact]}
-    if fact == "animal" and "other" in scene:
-        taken.add(scene["other"])
-    changed[fact] = rng.choice([value for value in options[fact] if value not in taken])
+    for fact in rng.sample(facts, min(count, len(facts))):
+        _replace_fact(rng, changed, fact)
     return changed
 
 
 def make_paraphrase_pair(rng: random.Random, same: bool) -> tuple[str, str]:
-    """Two sentences that mean the same (`same=True`) or differ in exactly one fact.
+    """Two sentences that mean the same (`same=True`) or differ in one to three facts.
 
     Both cases use two different renderings when they can, so that a surface difference
     ("has three" vs "owns 3") never gives the answer away.
     """
     scene = _random_scene(rng)
     first_style, second_style = rng.sample(_styles(scene), 2)
-    second_scene = scene if same else _change_one_fact(rng, scene)
+    second_scene = scene if same else _change_facts(rng, scene, rng.randint(1, 3))
     return _render(scene, first_style), _render(second_scene, second_style)
 
 
-def _paraphrase_document(rng: random.Random) -> list[str]:
-    lines = []
-    for _ in range(rng.randint(2, 3)):
+def _corrected_restatement(rng: random.Random, scene: dict[str, str], style: int) -> str:
+    """A restatement with one wrong word, corrected right after it: "... owls ( no , frogs ) ."
+
+    The wrong and the right rendering differ in exactly one word, so predicting the
+    correction means comparing the restatement with the sentence it restates, slot by slot.
+    """
+    wrong_scene = dict(scene)  # one fact replaced (never a swap, which changes two words)
+    _replace_fact(rng, wrong_scene, rng.choice([key for key in scene if key in FACT_VALUES]))
+    wrong = _render(wrong_scene, style).split()
+    right = _render(scene, style).split()
+    slot = next(i for i, (w, r) in enumerate(zip(wrong, right)) if w != r)
+    return " ".join(wrong[:slot + 1] + ["(", "no", ",", right[slot], ")"] + wrong[slot + 1:])
+
+
+def _paraphrase_line(rng: random.Random) -> str:
+    """One line of a paraphrase document; the four shapes are equally likely.
+
+        labelled     sentence one : A sentence two : B same : yes|no   (the task's format)
+        echo         A again , A
+        restatement  A in other words , A'                             (A' means the same)
+        corrected    A in other words , A' with one word wrong ( no , right word )
+
+    Echoes and restatements give the model a reason to look back and copy from its context
+    (the induction heads of Olsson et al. 2022); corrections make it notice the one slot
+    where two sentences disagree. Both are what the paraphrase task asks for.
+    """
+    shape = rng.choice(["labelled", "echo", "restatement", "corrected"])
+    if shape == "labelled":
         same = rng.random() < 0.5
         first, second = make_paraphrase_pair(rng, same)
-        lines.append(paraphrase_prompt(first, second) + (" yes" if same else " no"))
-    return lines
+        return paraphrase_prompt(first, second) + (" yes" if same else " no")
+    scene = _random_scene(rng)
+    if shape == "echo":
+        sentence = _render(scene, rng.choice(_styles(scene)))
+        return f"{sentence} again , {sentence}"
+    first_style, second_style = rng.sample(_styles(scene), 2)
+    if shape == "restatement":
+        restated = _render(scene, second_style)
+    else:
+        restated = _corrected_restatement(rng, scene, second_style)
+    return f"{_render(scene, first_style)} in other words , {restated}"
+
+
+def _paraphrase_document(rng: random.Random) -> list[str]:
+    return [_paraphrase_line(rng) for _ in range(rng.randint(4, 6))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,15 +499,22 @@ DOCUMENT_KINDS = {
     "spelling": _spelling_document,
     "sums": _sums_document,
 }
+# How often each kind is drawn, relative to the others. Paraphrase documents are drawn four
+# times as often (4/9 of the corpus): learning to copy from the context is a phase change
+# that comes only after enough repeated and restated sentences (measured on `small`: with
+# equal weights its story probe stayed at chance through 1,750 steps).
+DOCUMENT_WEIGHTS = {"story": 1, "review": 1, "paraphrase": 4, "table": 1, "spelling": 1,
+                    "sums": 1}
 
 
 def generate_corpus(n_documents: int, seed: int = 0) -> list[str]:
-    """`n_documents` documents (lines joined by newlines), each kind equally likely."""
+    """`n_documents` documents (lines joined by newlines), kinds drawn by DOCUMENT_WEIGHTS."""
     rng = random.Random(seed)
     kinds = list(DOCUMENT_KINDS)
+    weights = [DOCUMENT_WEIGHTS[kind] for kind in kinds]
     documents = []
     for _ in range(n_documents):
-        make_document = DOCUMENT_KINDS[rng.choice(kinds)]
+        make_document = DOCUMENT_KINDS[rng.choices(kinds, weights)[0]]
         documents.append("\n".join(make_document(rng)))
     return documents
 

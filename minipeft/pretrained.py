@@ -37,11 +37,11 @@ class PretrainRecipe:
 VOCAB_SIZE = 2048
 SIZES: dict[str, PretrainRecipe] = {
     "tiny": PretrainRecipe(GPTConfig(VOCAB_SIZE, 128, n_layer=3, n_head=4, d_model=64),
-                           steps=800, batch_size=32, lr=3e-3),
+                           steps=3000, batch_size=32, lr=1e-3),
     "small": PretrainRecipe(GPTConfig(VOCAB_SIZE, 128, n_layer=4, n_head=4, d_model=128),
-                            steps=800, batch_size=32, lr=2e-3),
+                            steps=3000, batch_size=32, lr=1e-3),
     "base": PretrainRecipe(GPTConfig(VOCAB_SIZE, 128, n_layer=6, n_head=8, d_model=256),
-                           steps=800, batch_size=32, lr=1.5e-3),
+                           steps=3000, batch_size=32, lr=1e-3),
 }
 
 TRAIN_DOCUMENTS, VALIDATION_DOCUMENTS = 30_000, 1_000

@@ -161,7 +161,7 @@ TASKS: dict[str, Task] = {task.name: task for task in [
          "accuracy", _generate_sentiment, STANDARD_SPLITS + ("shift",),
          label_words=[" positive", " negative"]),
     Task("paraphrase", "MRPC-like: do two sentences mean the same (synonyms, reordering, "
-         "passive voice) or differ in one fact?",
+         "passive voice) or differ in one to three facts?",
          "accuracy", _generate_paraphrase, STANDARD_SPLITS, label_words=[" yes", " no"]),
     Task("table2text", "E2E-like: describe a restaurant record in one sentence.",
          "bleu", _generate_table2text, STANDARD_SPLITS),

@@ -15,6 +15,9 @@ from minipeft.tokenizer import TRAINING_DOCUMENTS, BPETokenizer, load_tokenizer,
 LINE_PATTERNS = {
     "review": r"review : [a-z ,]+ \. verdict : (good|bad)",
     "paraphrase": r"sentence one : [a-z0-9 ,]+ \. sentence two : [a-z0-9 ,]+ \. same : (yes|no)",
+    "echo": r"([a-z0-9 ,]+ \.) again , \1",
+    "restatement": r"[a-z0-9 ,]+ \. in other words , [a-z0-9 ,]+ \.",
+    "corrected": r"[a-z0-9 ,]+ \. in other words , [a-z0-9 ,]+ \( no , [a-z0-9]+ \)[a-z0-9 ,]* \.",
     "table": (r"name\[the [a-z]+ [a-z]+\] food\[[a-z]+\] area\[[a-z ]+\] "
               r"price\[[a-z]+\]( rating\[[a-z]+\])? : [a-z ,]+ \."),
     "spelling": r"[a-z]+=[a-z]( [a-z])+",
@@ -58,12 +61,34 @@ def test_every_line_has_one_known_kind_and_every_kind_occurs(lines):
     assert kinds == set(LINE_PATTERNS)
 
 
-def test_document_kinds_are_roughly_equally_common(documents):
-    first_kinds = [line_kind(doc.split("\n")[0]) for doc in documents]
-    first_kinds = ["spelling" if k == "unscramble" else k for k in first_kinds]
-    counts = {kind: first_kinds.count(kind) for kind in set(first_kinds)}
+# The line kinds a paraphrase document is made of: the task's labelled pairs, echoes,
+# restatements and corrected restatements.
+PARAPHRASE_LINE_KINDS = {"paraphrase", "echo", "restatement", "corrected"}
+
+
+def document_kind(document):
+    kind = line_kind(document.split("\n")[0])
+    return {"unscramble": "spelling", **dict.fromkeys(PARAPHRASE_LINE_KINDS, "paraphrase")
+            }.get(kind, kind)
+
+
+def test_paraphrase_documents_are_four_ninths_and_the_other_kinds_share_the_rest():
+    """The brief's weights: paraphrase 4, each of the five other kinds 1 (out of 9)."""
+    kinds = [document_kind(doc) for doc in generate_corpus(1800, seed=3)]
+    counts = {kind: kinds.count(kind) for kind in set(kinds)}
     assert len(counts) == 6
-    assert min(counts.values()) > 300 / 6 / 2, counts
+    assert abs(counts.pop("paraphrase") / 1800 - 4 / 9) < 0.04
+    for kind, count in counts.items():
+        assert abs(count / 1800 - 1 / 9) < 0.025, (kind, count)
+
+
+def test_paraphrase_documents_mix_the_four_line_shapes(documents):
+    paraphrase_docs = [d.split("\n") for d in documents if document_kind(d) == "paraphrase"]
+    assert all(4 <= len(doc) <= 6 for doc in paraphrase_docs)
+    shapes = [line_kind(line) for doc in paraphrase_docs for line in doc]
+    assert set(shapes) == PARAPHRASE_LINE_KINDS
+    for shape in PARAPHRASE_LINE_KINDS:
+        assert 0.15 < shapes.count(shape) / len(shapes) < 0.35, (shape, shapes.count(shape))
 
 
 def test_corpus_vocabulary_is_a_few_hundred_lowercase_words(documents):
@@ -178,6 +203,41 @@ def test_paraphrase_labels_say_whether_the_facts_are_equal(lines):
         assert first != second  # even a "yes" pair is worded differently
         same = sentence_meaning(first) == sentence_meaning(second)
         assert same == (label == "yes"), match.group(0)
+
+
+def fact_differences(first, second):
+    return sum(a != b for a, b in zip(sentence_meaning(first), sentence_meaning(second)))
+
+
+def test_paraphrase_no_pairs_range_from_one_changed_fact_to_three(lines):
+    """Like MRPC's non-paraphrases: from one changed detail to a different event."""
+    pairs = [re.fullmatch(r"sentence one : (.*) sentence two : (.*) same : no", line)
+             for line in lines if line_kind(line) == "paraphrase"]
+    differences = [fact_differences(m.group(1), m.group(2)) for m in pairs if m]
+    assert min(differences) == 1 and max(differences) >= 3
+    assert differences.count(1) > len(differences) / 5
+
+
+def test_restatements_state_the_same_facts_in_other_words(lines):
+    restatements = [line.split(" in other words , ") for line in lines
+                    if line_kind(line) == "restatement"]
+    assert restatements
+    for first, second in restatements:
+        assert first != second and sentence_meaning(first) == sentence_meaning(second)
+
+
+def test_a_correction_follows_the_first_wrong_word_and_repairs_it(lines):
+    """"A in other words , ... owls ( no , frogs ) ...": the word before the bracket is the
+    first slot where the restatement disagrees with A; the named word puts it right."""
+    corrected = [line for line in lines if line_kind(line) == "corrected"]
+    assert corrected
+    for line in corrected:
+        first, second = line.split(" in other words , ")
+        before, right_word, after = re.fullmatch(r"(.*) \( no , (\w+) \)(.*)", second).groups()
+        wrong = before + after
+        assert fact_differences(first, wrong) == 1, line
+        repaired = " ".join(before.split()[:-1] + [right_word]) + after
+        assert sentence_meaning(repaired) == sentence_meaning(first), line
 
 
 def test_corpus_text_ends_every_document_with_the_marker():

@@ -58,19 +58,15 @@ def test_small_generates_toy_world_text(small, tokenizer):
         assert "." in words, text
 
 
-@pytest.mark.xfail(strict=True, reason="the 800-step checkpoints never learned to copy from "
-                   "their context (no induction heads); see the docstring")
 def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
     """After "there anna saw a red cat . the", the corpus always continues with " cat".
 
     Predicting that word needs in-context copying (an induction head: find the earlier
     "a red", copy the word after it; Olsson et al. 2022). Chance among the 16 animals is
-    0.06. The shipped small scores 0.06 here, and 0.002 on a repeated random word list,
-    so it has learned the corpus's templates but not to look things up in its context.
-    Copying is what in-context learning and paraphrase (compare two sentences slot by slot)
-    build on. It appears only with a corpus that repeats and restates sentences and a longer
-    pretraining: at lr 1e-3 this probe jumped from 0.04 to 1.0 between steps 1,000 and 1,250
-    of 3,000, and stayed at chance through 1,750 steps on the shipped corpus.
+    0.06, and a model that has learned only the corpus's templates scores about that (the
+    earlier 800-step checkpoints scored 0.06). Copying is what in-context learning and
+    paraphrase (compare two sentences slot by slot) build on; it appears as a phase change
+    part-way through pretraining on a corpus that repeats and restates sentences.
     """
     rng, hits = random.Random(0), 0
     for _ in range(50):
@@ -82,31 +78,28 @@ def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
     assert hits / 50 > 0.5
 
 
-# (steps, required margin over the chance baseline). Classification gets a clear margin; the
-# exact-match tasks start at 0 and need longer to get any answer right, so they only have to
-# beat chance. Paraphrase is not learned by a short full fine-tune of `small` (0.53 after
-# 500 steps and 0.60 after 2,000 at batch 32, by then overfitting the 2,000 training
-# pairs; 0.59 after 1,500 steps on 48,000 fresh pairs, so more data is not the cure): a
-# known gap, kept visible as a strict xfail. Copying from the context (the xfail above) is
-# not enough on its own: a small that copies (3,000 steps on a corpus with restatements)
-# still answered "yes" to everything after 300 steps and reached 0.63 after 1,000.
+# (steps, learning rate, required margin over the chance baseline). Classification gets a
+# clear margin; the exact-match tasks start at 0 and need longer to get any answer right, so
+# they only have to beat chance. Paraphrase needs more steps at a gentler rate: the model
+# already notices where two sentences differ (its corpus corrects restatements word by
+# word), and the fine-tune has to turn that into a yes/no answer without overwriting it
+# (small, batch 16: 0.55 after 300 steps and 0.835 after 600 at 3e-4; 0.605 after 300 at 1e-3).
 FINE_TUNE_CASES = [
-    ("sentiment", 80, 0.1),
-    ("table2text", 80, 0.1),
-    ("unscramble", 300, 0.0),
-    ("arithmetic", 300, 0.0),
-    pytest.param("paraphrase", 80, 0.1, marks=pytest.mark.xfail(
-        strict=True, reason="small does not learn paraphrase in a short fine-tune")),
+    ("sentiment", 80, 1e-3, 0.1),
+    ("table2text", 80, 1e-3, 0.1),
+    ("unscramble", 300, 1e-3, 0.0),
+    ("arithmetic", 300, 1e-3, 0.0),
+    ("paraphrase", 600, 3e-4, 0.1),
 ]
 
 
-@pytest.mark.parametrize("task, steps, margin", FINE_TUNE_CASES)
-def test_a_short_full_fine_tune_beats_the_chance_baseline(task, steps, margin):
+@pytest.mark.parametrize("task, steps, lr, margin", FINE_TUNE_CASES)
+def test_a_short_full_fine_tune_beats_the_chance_baseline(task, steps, lr, margin):
     torch.manual_seed(0)
     model = load_pretrained("small")
     for p in model.parameters():
         p.requires_grad_(True)
-    result = train(model, task, steps=steps, lr=1e-3, batch_size=16, eval_limit=200,
+    result = train(model, task, steps=steps, lr=lr, batch_size=16, eval_limit=200,
                    progress=False)
     assert result.final_metric > chance_baseline(task) + margin, (task, result.final_metric)
 
