@@ -33,7 +33,7 @@ def cmd_pretrain(args) -> None:
     from minipeft.pretrained import rebuild
 
     torch.set_num_threads(args.threads) if args.threads else None
-    report = rebuild(args.size, steps=args.steps, progress=not args.quiet)
+    report = rebuild(args.size, steps=args.steps, progress=not args.quiet, device=args.device)
     for key, value in report.items():
         print(f"{key}: {value}")
 
@@ -125,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=sizes, required=True)
     s.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_pretrain)
 

@@ -3,7 +3,8 @@
 Three sizes let the notebooks show effects of scale (e.g. prompt tuning closes the gap to
 full fine-tuning as the model grows, Lester et al. 2021). Every checkpoint is pretrained
 from scratch on the toy-world corpus (`minipeft.corpus`) with the shared training loop;
-`python -m minipeft pretrain --size small` reproduces one bit-for-bit on the same machine.
+`python -m minipeft pretrain --size small` reproduces one bit-for-bit on the same machine
+(`--device cuda` pretrains on a GPU, with the same data and initial weights).
 
 Weights are stored as fp16 safetensors (half the bytes of fp32) and loaded back as fp32.
 """
@@ -64,12 +65,30 @@ def corpus_tokens(n_documents: int, seed: int, tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pretrain(name: str, steps: int | None = None, seed: int = 0,
-             progress: bool = True) -> tuple[GPT, dict]:
-    """Pretrain the `name` model from scratch; returns the model and a report."""
+def check_device(device: str) -> torch.device:
+    """`device` as a torch.device, or one clear error if this machine does not have it."""
+    try:
+        checked = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r} ({err}); use 'cpu' or 'cuda'") from err
+    if checked.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch build has no usable "
+                         "GPU; pretrain on 'cpu' instead")
+    return checked
+
+
+def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool = True,
+             device: str = "cpu") -> tuple[GPT, dict]:
+    """Pretrain the `name` model from scratch; returns the model (on the CPU) and a report.
+
+    On a GPU (`device="cuda"`) the initial weights and the batches are the same as on the
+    CPU (both are drawn on the CPU), but the kernels round differently, so the weights end
+    up close to, not equal to, a CPU run's.
+    """
     from minipeft.tokenizer import load_tokenizer
 
     spec = recipe(name)
+    target = check_device(device)
     tokenizer = load_tokenizer()
     if tokenizer.vocab_size != spec.config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, config expects "
@@ -77,11 +96,12 @@ def pretrain(name: str, steps: int | None = None, seed: int = 0,
     train_tokens = corpus_tokens(TRAIN_DOCUMENTS, TRAIN_SEED, tokenizer)
     val_tokens = corpus_tokens(VALIDATION_DOCUMENTS, VALIDATION_SEED, tokenizer)
     torch.manual_seed(seed)
-    model = GPT(spec.config)
+    model = GPT(spec.config).to(target)
     block = spec.config.block_size
-    batches = lm_windows(train_tokens, block, spec.batch_size, seed=seed)
+    batches = lm_windows(train_tokens.to(target), block, spec.batch_size, seed=seed)
     result = train_loop(model, batches, steps or spec.steps, lr=spec.lr, weight_decay=0.1,
                         seed=seed, progress=progress, desc=f"pretrain {name}")
+    model.cpu()
     report = {
         "size": name,
         "parameters": model.num_parameters(),
@@ -91,6 +111,8 @@ def pretrain(name: str, steps: int | None = None, seed: int = 0,
         "uniform_loss_lnV": math.log(spec.config.vocab_size),
         "seconds": round(result.seconds, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": (torch.cuda.get_device_name(target) if target.type == "cuda" else "cpu"),
+        "torch": torch.__version__,
     }
     return model, report
 
@@ -141,10 +163,11 @@ def checkpoint_report(name: str) -> dict:
     return json.loads(read_metadata(CHECKPOINT_DIR / f"{name}.safetensors")["report"])
 
 
-def rebuild(name: str, steps: int | None = None, progress: bool = True) -> dict:
+def rebuild(name: str, steps: int | None = None, progress: bool = True,
+            device: str = "cpu") -> dict:
     """Pretrain and save one checkpoint; returns its report."""
     start = time.perf_counter()
-    model, report = pretrain(name, steps=steps, progress=progress)
+    model, report = pretrain(name, steps=steps, progress=progress, device=device)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     save_checkpoint(model, name, report)
     return report

@@ -111,6 +111,17 @@ def test_pretraining_is_deterministic():
     assert report_a["validation_loss"] == report_b["validation_loss"]
 
 
+def test_an_unknown_device_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown device 'gpu'.*use 'cpu' or 'cuda'"):
+        pretrain("tiny", steps=1, device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no usable GPU"):
+        pretrain("tiny", steps=1, device="cuda")
+
+
 def test_unknown_checkpoint_lists_the_sizes():
     with pytest.raises(ValueError, match=r"unknown checkpoint 'huge'.*tiny.*small.*base"):
         load_pretrained("huge")
