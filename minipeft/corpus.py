@@ -11,6 +11,7 @@ documents built from them. Each kind is also the *pattern* of one downstream tas
     story        the red fox chased the duck in the park .                    (general text)
     review       review : the movie was lovely . verdict : good               sentiment
     paraphrase   sentence one : ... sentence two : ... same : yes             paraphrase
+                 (and echoes, restatements, corrected restatements: see below)
     table        name[the golden fox] food[pizza] ... : the golden fox ...    table2text
     spelling     casino=c a s i n o      and      asinoc=casino               unscramble
     sums         12 + 35 = 47                                                 arithmetic
@@ -22,6 +23,10 @@ format, the pretrained model has the concept (is this review favourable?) at the
 review but not the task's wording and label words: zero-shot it is near chance, and a
 fine-tune only has to connect the two. (An earlier corpus wrote reviews in the task's own
 format, and every checkpoint scored 100% before any fine-tuning.)
+
+Paraphrase documents are drawn four times as often as each other kind, and most of their
+lines repeat or restate a sentence. That is what teaches the model to look back and copy
+from its context, the skill that comparing two sentences (and in-context learning) needs.
 
 Punctuation is written as separate words (" ." " ,") so the text stays easy to read and
 to tokenize. Everything is drawn from a `random.Random(seed)`, never from the global random
@@ -501,8 +506,9 @@ DOCUMENT_KINDS = {
 }
 # How often each kind is drawn, relative to the others. Paraphrase documents are drawn four
 # times as often (4/9 of the corpus): learning to copy from the context is a phase change
-# that comes only after enough repeated and restated sentences (measured on `small`: with
-# equal weights its story probe stayed at chance through 1,750 steps).
+# that comes only after enough repeated and restated sentences (in an earlier measurement on
+# `small`, a corpus without restatements left it unable to copy after 1,750 of 3,000 steps,
+# while with them it learned to copy between steps 1,000 and 1,250).
 DOCUMENT_WEIGHTS = {"story": 1, "review": 1, "paraphrase": 4, "table": 1, "spelling": 1,
                     "sums": 1}
 
