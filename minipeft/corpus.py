@@ -232,7 +232,7 @@ def _review_document(rng: random.Random) -> list[str]:
 # Sentence pairs (paraphrase)
 # ---------------------------------------------------------------------------------------
 # A *scene* is a small dict of facts; a *rendering* turns it into a sentence. Two renderings
-# of the same scene are paraphrases; rendering a scene with one fact changed is not.
+# of the same scene are paraphrases; rendering a scene with some facts changed is not.
 
 
 def _random_scene(rng: random.Random, kind: str | None = None) -> dict[str, str]:
