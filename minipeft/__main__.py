@@ -53,6 +53,7 @@ def cmd_finetune(args) -> None:
     from minipeft.tasks import chance_baseline
     from minipeft.train import evaluate_task, train
 
+    torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
     model = build_model(args.size, args.method)
     print(f"{args.method} on {args.size}: ", end="")
     model.print_trainable_parameters()

@@ -62,6 +62,22 @@ def test_finetune_uses_the_methods_learning_rate_unless_given(capsys, argv, rate
     assert capsys.readouterr().out.rstrip().endswith(rate)
 
 
+def test_finetune_seed_fixes_the_adapter_initialisation(tmp_path):
+    """Same --seed, same adapter file; another seed draws another LoRA A."""
+    from safetensors.torch import load_file
+
+    def adapter(seed, name):
+        argv = ["finetune", "--steps", "1", "--eval-limit", "4", "--quiet", "--seed", str(seed),
+                "--save", str(tmp_path / name)]
+        assert main(argv) == 0
+        return load_file(str(tmp_path / name / "adapter_model.safetensors"))
+
+    first, again, other = adapter(0, "a"), adapter(0, "b"), adapter(1, "c")
+    assert first.keys() == again.keys() == other.keys()
+    assert all(first[k].equal(again[k]) for k in first)
+    assert not all(first[k].equal(other[k]) for k in first)
+
+
 def test_demo_trains_lora_merges_exactly_and_lowers_the_answer_loss(capsys):
     from minipeft.demo import run_demo
 
