@@ -275,6 +275,11 @@ FACT_VALUES = {"colour": COLOURS, "animal": ANIMALS, "other": ANIMALS, "place": 
                "mood": MOODS, "name": NAMES, "number": [str(n) for n in range(2, 13)]}
 
 
+def _facts(scene: dict[str, str]) -> list[str]:
+    """The keys of `scene` that can be given another value (FACT_VALUES), in scene order."""
+    return [key for key in scene if key in FACT_VALUES]
+
+
 def _replace_fact(rng: random.Random, scene: dict[str, str], fact: str) -> None:
     """Give `scene[fact]` a new value (in place); an action's two animals stay different."""
     taken = {scene[fact]}
@@ -291,7 +296,7 @@ def _change_facts(rng: random.Random, scene: dict[str, str], count: int) -> dict
     roles ("the fox chased the duck" vs "the duck chased the fox").
     """
     changed = dict(scene)
-    facts = [key for key in scene if key in FACT_VALUES]
+    facts = _facts(scene)
     if count == 1 and scene["kind"] == "action" and rng.random() < 1 / (len(facts) + 1):
         changed["animal"], changed["other"] = scene["other"], scene["animal"]
         return changed
@@ -319,7 +324,7 @@ def _corrected_restatement(rng: random.Random, scene: dict[str, str], style: int
     correction means comparing the restatement with the sentence it restates, slot by slot.
     """
     wrong_scene = dict(scene)  # one fact replaced (never a swap, which changes two words)
-    _replace_fact(rng, wrong_scene, rng.choice([key for key in scene if key in FACT_VALUES]))
+    _replace_fact(rng, wrong_scene, rng.choice(_facts(scene)))
     wrong = _render(wrong_scene, style).split()
     right = _render(scene, style).split()
     slot = next(i for i, (w, r) in enumerate(zip(wrong, right)) if w != r)
