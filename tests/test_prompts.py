@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from minipeft.analysis import nearest_tokens
-from minipeft.methods.base import PeftModel, get_peft_model
+from minipeft.methods.base import CannotMergeError, PeftModel, get_peft_model
 from minipeft.methods.prompts import (DeepPromptConfig, PrefixTuningConfig,
                                       PrefixTuningModel, PromptTuningConfig)
 from minipeft.model import IGNORE_INDEX, GPT, GPTConfig
@@ -239,7 +239,7 @@ def test_more_labels_than_prompt_vectors_is_rejected():
 
 def test_prompts_cannot_be_merged():
     _, model = prompt_model()
-    with pytest.raises(ValueError, match="cannot be merged"):
+    with pytest.raises(CannotMergeError, match="cannot be merged"):
         model.merge_and_unload()
 
 

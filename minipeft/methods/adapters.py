@@ -146,11 +146,8 @@ class AdapterLayer(TunerLayer):
         super().__init__(base_layer)
         self.scale = scale
 
-    def delta_weight(self) -> torch.Tensor:
-        raise NotImplementedError(NOT_MERGEABLE)
-
-    def merge(self) -> None:
-        raise NotImplementedError(NOT_MERGEABLE)
+    def cannot_merge_reason(self) -> str | None:
+        return NOT_MERGEABLE
 
 
 class SequentialAdapter(AdapterLayer):

@@ -19,18 +19,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
+from minipeft.checks import is_int, is_number
+from minipeft.files import (atomic_directory, read_json_object, read_safetensors,
+                            safetensors_bytes, sha256)
 from minipeft.model import GPT, generate_tokens
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# Written into every adapter_config.json; a later change of the file layout bumps it and
+# migrates older files explicitly instead of guessing.
+FORMAT_VERSION = 1
+RESAVE_HINT = "save the adapter again with save_pretrained()"
+
+
+class CannotMergeError(RuntimeError):
+    """The one error for "this adapter cannot be folded into the base weights"."""
 
 # target name → path inside a Block; "head" is the (tied) LM head outside the blocks.
 BLOCK_MODULES = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.o",
@@ -55,16 +67,64 @@ class PeftConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "PeftConfig":
+        """The config saved as `d`: every field present, each of its declared type.
+
+        Nothing is defaulted: a missing field would silently take today's default, which
+        may not be what the adapter was trained with.
+        """
         d = dict(d)
         peft_type = d.pop("peft_type", None)
         if peft_type not in METHODS:
             raise ValueError(f"unknown peft_type {peft_type!r}; known: {sorted(METHODS)}")
         config_cls = METHODS[peft_type][0]
-        known = {f.name for f in fields(config_cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"{config_cls.__name__} has no fields {sorted(unknown)}")
+        names = [f.name for f in fields(config_cls)]
+        unknown = sorted(set(d) - set(names))
+        missing = [n for n in names if n not in d]
+        if unknown or missing:
+            raise ValueError(f"{config_cls.__name__}: "
+                             + "; ".join(part for part in (
+                                 f"missing fields {missing}" if missing else "",
+                                 f"unknown fields {unknown}" if unknown else "") if part))
+        check_field_types(config_cls, d)
         return config_cls(**d)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON-style value has the declared type (bool is not an int or float)."""
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arm) for arm in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return is_int(value)
+    if hint is float:
+        return is_number(value) and value == value and abs(value) != float("inf")
+    if hint is str:
+        return isinstance(value, str)
+    raise TypeError(f"no type check for {hint!r}; add one to minipeft.methods.base._matches")
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def check_field_types(config_cls: type, values: dict) -> None:
+    """One ValueError listing every field whose value is not of its declared type.
+
+    A float must be finite; "false" is not a bool; "qv" is not a list of names.
+    """
+    hints = typing.get_type_hints(config_cls)
+    wrong = [f"{name}={values[name]!r} (expected {_type_name(hints[name])})"
+             for name in (f.name for f in fields(config_cls))
+             if name in values and not _matches(values[name], hints[name])]
+    if wrong:
+        raise ValueError(f"{config_cls.__name__}: wrong type for " + ", ".join(wrong))
 
 
 # peft_type → (config class, PeftModel subclass); filled by register_method.
@@ -137,7 +197,8 @@ class TunerLayer(nn.Module):
     """A frozen `base_layer` with trainable φ around it.
 
     Subclasses implement `forward`, and where the method allows it `delta_weight()` (the
-    dense ΔW used only for merging and analysis, never during training).
+    dense ΔW used only for merging and analysis, never during training). A layer that
+    cannot merge says why in `cannot_merge_reason()`.
     """
 
     def __init__(self, base_layer: nn.Module):
@@ -146,13 +207,23 @@ class TunerLayer(nn.Module):
         self.disabled = False  # True inside PeftModel.disable_adapter(): behave like the base
         self.merged = False
 
+    def cannot_merge_reason(self) -> str | None:
+        """None if merge() can fold φ into the base weight, else the reason it cannot."""
+        if (type(self).delta_weight is TunerLayer.delta_weight
+                and type(self).merge is TunerLayer.merge):
+            return f"{type(self).__name__} has no weight update ΔW to add to the base weight"
+        return None
+
     def delta_weight(self) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} cannot be merged into the base weight")
+        raise CannotMergeError(f"{type(self).__name__} cannot be merged into the base weight")
 
     def merge(self) -> None:
         """W ← W₀ + ΔW, in place on the base weight (the one sanctioned modification)."""
         if self.merged:
             raise RuntimeError(f"{type(self).__name__} is already merged; call unmerge() first")
+        reason = self.cannot_merge_reason()
+        if reason:
+            raise CannotMergeError(reason)
         with torch.no_grad():
             self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
         self.merged = True
@@ -174,8 +245,30 @@ def get_peft_model(model: GPT, config: PeftConfig, adapter_name: str = "default"
     if type(config).peft_type not in METHODS:
         raise ValueError(f"{type(config).__name__} is not a registered PEFT config; "
                          f"known: {sorted(METHODS)}")
+    check_field_types(type(config), asdict(config))
+    check_plain_base(model)
     model_cls = METHODS[type(config).peft_type][1]
     return model_cls(model, config, adapter_name)
+
+
+def check_plain_base(model: nn.Module) -> None:
+    """A PEFT model is built on a base GPT whose layers carry no adapter yet.
+
+    Methods that only add inputs or re-parametrise weights in the forward pass (soft
+    prompts, masks) leave the base untouched, so several of them may share one base;
+    methods that wrap layers change the base itself, so a second one on top would rewrite
+    the first model's adapter.
+    """
+    fix = ("start from a fresh base (load_pretrained() again, or copy.deepcopy(base) before "
+           "the first get_peft_model); to put a second LoRA adapter on the same model use "
+           "peft_model.add_adapter(name, config)")
+    if isinstance(model, PeftModel):
+        raise ValueError(f"get_peft_model needs the base GPT, not a {type(model).__name__}; "
+                         + fix)
+    if any(isinstance(m, TunerLayer) for m in model.modules()):
+        raise ValueError("this base model already carries an adapter in its layers (a "
+                         "PeftModel was built on it, and a second one would rewrite the "
+                         "first one's adapter); " + fix)
 
 
 class PeftModel(nn.Module):
@@ -193,6 +286,7 @@ class PeftModel(nn.Module):
         self.configs: dict[str, PeftConfig] = {adapter_name: config}
         self.active_adapter = adapter_name
         self.adapters_disabled = False
+        self.unloaded = False  # True after merge_and_unload(): φ lives in the base now
         self.inject(config, adapter_name)
 
     # --- subclass hooks -------------------------------------------------------------
@@ -231,12 +325,24 @@ class PeftModel(nn.Module):
             if isinstance(module, TunerLayer):
                 yield name, module
 
+    def is_merged(self) -> bool:
+        """True while φ is folded into the base weights (merge() without unmerge())."""
+        return any(m.merged for _, m in self.tuner_layers())
+
+    def check_usable(self, action: str) -> None:
+        """One clear error if φ no longer exists apart from the base (merge_and_unload)."""
+        if self.unloaded:
+            raise RuntimeError(f"cannot {action}: merge_and_unload() folded this adapter into "
+                               "the base and removed it; save or use the returned GPT, or "
+                               "load the adapter again with from_pretrained()")
+
     @contextlib.contextmanager
     def disable_adapter(self):
         """Inside the `with` block the model behaves exactly like the frozen base."""
-        layers = [m for _, m in self.tuner_layers()]
-        if any(m.merged for m in layers):
+        self.check_usable("disable the adapter")
+        if self.is_merged():
             raise RuntimeError("disable_adapter() needs unmerged adapters; call unmerge() first")
+        layers = [m for _, m in self.tuner_layers()]
         self.adapters_disabled = True
         for m in layers:
             m.disabled = True
@@ -247,20 +353,48 @@ class PeftModel(nn.Module):
             for m in layers:
                 m.disabled = False
 
+    def cannot_merge_reason(self) -> str | None:
+        """None if every part of φ can fold into the base weights, else why not."""
+        layers_by_reason: dict[str, list[str]] = {}
+        for name, m in self.tuner_layers():
+            if reason := m.cannot_merge_reason():
+                layers_by_reason.setdefault(reason, []).append(name)
+        return "; ".join(f"{', '.join(names)}: {reason}"
+                         for reason, names in layers_by_reason.items()) or None
+
+    def check_can_merge(self) -> None:
+        """Check every layer *before* any is merged, so a refusal leaves the model as it was."""
+        self.check_usable("merge")
+        if self.adapters_disabled:
+            raise RuntimeError("merge() inside disable_adapter() would change the model the "
+                               "`with` block promises to leave alone; merge after the block")
+        reason = self.cannot_merge_reason()
+        if reason:
+            raise CannotMergeError(f"{type(self).__name__} cannot be merged ({reason}); "
+                                   "nothing was changed")
+
     def merge(self) -> None:
+        self.check_can_merge()
         for _, m in self.tuner_layers():
             m.merge()
 
     def unmerge(self) -> None:
+        self.check_usable("unmerge")
         for _, m in self.tuner_layers():
             m.unmerge()
 
     def merge_and_unload(self) -> GPT:
         """Fold φ into the weights and return a plain GPT (same outputs, base speed)."""
+        self.check_can_merge()
         for name, m in list(self.tuner_layers()):
             if not m.merged:
                 m.merge()
             replace_module(self.base_model, name, m.base_layer)
+        return self.unload()
+
+    def unload(self) -> GPT:
+        """Mark φ as gone and hand back the base (a plain GPT again)."""
+        self.unloaded = True
         return self.base_model
 
     # --- counting ---------------------------------------------------------------------
@@ -283,6 +417,10 @@ class PeftModel(nn.Module):
     def save_pretrained(self, directory: str | Path, key_format: str = "minipeft") -> Path:
         """Write adapter_config.json + adapter_model.safetensors (φ only, never the base).
 
+        The folder appears in one step (minipeft.files.atomic_directory): a run killed while
+        saving leaves the previous adapter there, complete. The config records a SHA-256 of
+        the weights file, so a damaged or swapped weights file is caught on loading.
+
         key_format="peft": Hugging Face peft's config and key names instead, for LoRA on a
         GPT-2-loaded base (see minipeft.gpt2.save_peft_adapter).
         """
@@ -292,12 +430,19 @@ class PeftModel(nn.Module):
             return save_peft_adapter(self, directory)
         if key_format != "minipeft":
             raise ValueError(f"key_format={key_format!r}; choose 'minipeft' or 'peft'")
+        self.check_usable("save the adapter")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {**self.config.to_dict(), "base_model_config": self.model_config.to_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME))
+        check_save_target(directory, self.config.peft_type)
+        tensors = self.adapter_state_dict()
+        if not tensors:
+            raise RuntimeError(f"{type(self).__name__} has no adapter tensors to save")
+        weights = safetensors_bytes(tensors)
+        meta = {"format_version": FORMAT_VERSION, **self.config.to_dict(),
+                "base_model_config": self.model_config.to_dict(),
+                "weights_sha256": sha256(weights)}
+        with atomic_directory(directory) as tmp:
+            (tmp / WEIGHTS_NAME).write_bytes(weights)
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod
@@ -312,10 +457,15 @@ class PeftModel(nn.Module):
 
         if is_peft_config(meta):
             return load_peft_adapter(base_model, directory, meta)
-        saved_base = meta.pop("base_model_config", None)
-        check_same_base(saved_base, base_model.config.to_dict(), directory)
-        peft = get_peft_model(base_model, PeftConfig.from_dict(meta))
-        peft.load_adapter_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        config = adapter_config_from_meta(meta, base_model.config.to_dict(), directory)
+        model_cls = METHODS[config.peft_type][1]
+        if not issubclass(model_cls, cls):
+            raise ValueError(f"{directory} holds a {config.peft_type} adapter, which "
+                             f"{cls.__name__}.from_pretrained cannot load; use "
+                             f"{model_cls.__name__}.from_pretrained or PeftModel.from_pretrained")
+        tensors = read_adapter_weights(directory, meta)
+        peft = get_peft_model(base_model, config)
+        peft.load_adapter_state_dict(tensors)
         return peft
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -326,32 +476,105 @@ class PeftModel(nn.Module):
 
 def copy_adapter_tensors(targets: dict[str, torch.Tensor],
                          tensors: dict[str, torch.Tensor]) -> None:
-    """targets[name] ← tensors[name] for every name; names and shapes must match exactly."""
+    """targets[name] ← tensors[name] for every name; names, shapes and dtypes must match."""
     missing, unexpected = set(targets) - set(tensors), set(tensors) - set(targets)
     if missing or unexpected:
         raise ValueError(f"adapter tensors do not match this model: missing "
                          f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    for name, value in tensors.items():
+        target = targets[name]
+        if target.shape != value.shape:
+            raise ValueError(f"adapter tensor {name} has shape {tuple(value.shape)}, "
+                             f"this model expects {tuple(target.shape)}: was it "
+                             "trained on a base of a different size?")
+        if target.dtype.is_floating_point != value.dtype.is_floating_point or (
+                not target.dtype.is_floating_point and target.dtype != value.dtype):
+            raise ValueError(f"adapter tensor {name} is {value.dtype}, this model expects "
+                             f"{target.dtype}; {RESAVE_HINT}")
+        if value.dtype.is_floating_point and not torch.isfinite(value).all():
+            raise ValueError(f"adapter tensor {name} holds NaN or infinite values; the "
+                             "training run that wrote it diverged (try a lower learning rate)")
     with torch.no_grad():
         for name, value in tensors.items():
-            if targets[name].shape != value.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(value.shape)}, "
-                                 f"this model expects {tuple(targets[name].shape)}: was it "
-                                 "trained on a base of a different size?")
             targets[name].copy_(value)
 
 
 def read_adapter_config(directory: Path) -> dict:
     """The saved adapter_config.json, after checking that both saved files are there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a folder; give the folder that "
+                                "save_pretrained() wrote")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} is missing; save_pretrained() "
                                     "writes both adapter_config.json and the weights")
-    return json.loads((directory / CONFIG_NAME).read_text())
+    return read_json_object(directory / CONFIG_NAME, RESAVE_HINT)
 
 
-def check_same_base(saved: dict | None, current: dict, directory: Path) -> None:
-    if saved is None:
+def adapter_config_from_meta(meta: dict, base_config: dict, directory: Path) -> PeftConfig:
+    """The PeftConfig of a saved adapter, checked strictly against the format and the base."""
+    meta = dict(meta)
+    version = meta.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{directory / CONFIG_NAME} has format_version {version!r}; this "
+                         f"minipeft reads format {FORMAT_VERSION}; {RESAVE_HINT} with this "
+                         "version")
+    for key in ("base_model_config", "weights_sha256"):
+        if key not in meta:
+            raise ValueError(f"{directory / CONFIG_NAME} has no {key!r}; {RESAVE_HINT}")
+    check_same_base(meta.pop("base_model_config"), base_config, directory)
+    meta.pop("weights_sha256")
+    try:
+        return PeftConfig.from_dict(meta)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{directory / CONFIG_NAME}: {err}") from err
+
+
+def read_adapter_weights(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """The saved φ tensors, after checking them against the config's SHA-256."""
+    tensors, data = read_safetensors(directory / WEIGHTS_NAME, RESAVE_HINT)
+    if sha256(data) != meta["weights_sha256"]:
+        raise ValueError(f"{directory / WEIGHTS_NAME} does not match the checksum in "
+                         f"{CONFIG_NAME}: the file was changed or damaged after saving; "
+                         + RESAVE_HINT)
+    return tensors
+
+
+def read_adapter(directory: str | Path, base_config: dict) -> tuple[PeftConfig, dict]:
+    """(config, tensors) of a minipeft adapter folder, read strictly."""
+    directory = Path(directory)
+    meta = read_adapter_config(directory)
+    config = adapter_config_from_meta(meta, base_config, directory)
+    return config, read_adapter_weights(directory, meta)
+
+
+def check_save_target(directory: Path, peft_type: str) -> None:
+    """Refuse a save that would destroy something other than an older copy of this adapter."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"cannot save the adapter to {directory}: it is a file; give a "
+                         "folder path")
+    if not directory.is_dir():
         return
+    others = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME,
+                                                                          WEIGHTS_NAME))
+    if others:
+        raise ValueError(f"cannot save the adapter to {directory}: the folder holds other "
+                         f"files ({others[:3]}) that saving would delete; give a new or "
+                         "empty folder")
+    if (directory / CONFIG_NAME).is_file():
+        saved = read_json_object(directory / CONFIG_NAME,
+                                 "delete the folder or save somewhere else").get("peft_type")
+        if saved != peft_type:
+            raise ValueError(f"cannot save a {peft_type} adapter to {directory}: it holds a "
+                             f"{saved} adapter; save to another folder, or delete that one "
+                             "first")
+
+
+def check_same_base(saved: Any, current: dict, directory: Path) -> None:
+    if not isinstance(saved, dict):
+        raise ValueError(f"{directory / CONFIG_NAME}: base_model_config must be an object, "
+                         f"got {saved!r}; {RESAVE_HINT}")
     keys = ("vocab_size", "n_layer", "n_head", "d_model", "d_ff")
     diff = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
     if diff:

@@ -35,11 +35,10 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from minipeft.methods.base import (WEIGHTS_NAME, PeftConfig, PeftModel, TunerLayer,
-                                   check_same_base, copy_adapter_tensors, find_targets,
-                                   read_adapter_config, register_method, replace_module)
+from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, copy_adapter_tensors,
+                                   find_targets, read_adapter, register_method,
+                                   replace_module)
 
 INITS = ("kaiming", "gaussian")
 
@@ -195,13 +194,12 @@ class LoraLayer(TunerLayer):
             return torch.zeros_like(self.base_layer.weight)
         return self.scaling[self.active_adapter] * (self.B @ self.A)
 
-    def merge(self) -> None:
+    def cannot_merge_reason(self) -> str | None:
         if self.tied_to_embedding:
-            raise RuntimeError("LoRA on the LM head cannot be merged: head.weight is the token "
-                               "embedding E (weight tying), so W₀ + ΔW would change the input "
-                               "embeddings too. Keep it unmerged or leave 'head' out of "
-                               "target_modules")
-        super().merge()
+            return ("LoRA on the LM head cannot be merged: head.weight is the token "
+                    "embedding E (weight tying), so W₀ + ΔW would change the input "
+                    "embeddings too. Keep it unmerged or leave 'head' out of target_modules")
+        return super().cannot_merge_reason()
 
 
 def check_adapter_name(name: str) -> None:
@@ -393,14 +391,10 @@ class LoraModel(PeftModel):
 
     def load_adapter(self, directory: str | Path, adapter_name: str) -> None:
         """Add the adapter saved in `directory` under the name `adapter_name` (inactive)."""
-        directory = Path(directory)
-        meta = read_adapter_config(directory)
-        check_same_base(meta.pop("base_model_config", None), self.model_config.to_dict(),
-                        directory)
-        config = PeftConfig.from_dict(meta)
+        config, tensors = read_adapter(directory, self.model_config.to_dict())
         self.add_adapter(adapter_name, config)
         try:
-            self.load_adapter_state_dict(load_file(str(directory / WEIGHTS_NAME)), adapter_name)
+            self.load_adapter_state_dict(tensors, adapter_name)
         except Exception:
             self.delete_adapter(adapter_name)
             raise

@@ -168,13 +168,12 @@ def initial_prompt(config: PromptTuningConfig, gpt: GPT) -> torch.Tensor:
 class InputCompositionModel(PeftModel):
     """What the three input methods share: φ is an input, so there is nothing to merge."""
 
-    def merge(self) -> None:
-        raise ValueError(f"{type(self).__name__}: a learned prompt/prefix is an extra input, "
-                         "not a weight update, so it cannot be merged into the weights; keep "
-                         "the PeftModel for inference")
+    def cannot_merge_reason(self) -> str | None:
+        return ("a learned prompt/prefix is an extra input, not a weight update, so it "
+                "cannot be merged into the weights")
 
-    unmerge = merge
-    merge_and_unload = merge
+    def unmerge(self) -> None:
+        self.check_can_merge()
 
 
 @register_method(PromptTuningConfig)

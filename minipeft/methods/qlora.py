@@ -314,10 +314,10 @@ class QLoraLayer(LoraLayer):
     fp32 model with W = Ŵ₀ + ΔW.
     """
 
-    def merge(self) -> None:
-        raise RuntimeError("a QLoRA adapter cannot be merged into its 4-bit base in place "
-                           "(re-quantising W₀ + ΔW would lose most of ΔW); use "
-                           "merge_and_unload(), which returns an fp32 model with Ŵ₀ + ΔW")
+    def cannot_merge_reason(self) -> str | None:
+        return ("a QLoRA adapter cannot be merged into its 4-bit base in place "
+                "(re-quantising W₀ + ΔW would lose most of ΔW); use merge_and_unload(), "
+                "which returns an fp32 model with Ŵ₀ + ΔW")
 
 
 QUANT_FIELDS = ("block_size", "double_quant", "double_quant_block_size")
@@ -367,12 +367,13 @@ class QLoraModel(LoraModel):
 
     def merge_and_unload(self) -> GPT:
         """A plain fp32 GPT: every 4-bit layer becomes nn.Linear with Ŵ₀ (+ ΔW where LoRA)."""
+        self.check_usable("merge")
         for name, layer in list(self.lora_layers()):
             replace_module(self.base_model, name, dense_linear(layer.base_layer,
                                                                layer.delta_weight()))
         for name, layer in self.quantized_layers():
             replace_module(self.base_model, name, dense_linear(layer, None))
-        return self.base_model
+        return self.unload()
 
 
 def block_linears(model: GPT) -> list[tuple[str, nn.Linear]]:

@@ -120,7 +120,11 @@ class DeltaModel(PeftModel):
                                tie_weights=True)
 
     # --- merging: θ₀ ← θ₀ + Δ, the one sanctioned in-place change -----------------------
+    def is_merged(self) -> bool:
+        return self.merged
+
     def merge(self) -> None:
+        self.check_can_merge()
         if self.merged:
             raise RuntimeError(f"{type(self).__name__} is already merged; call unmerge() first")
         with torch.no_grad():
@@ -129,6 +133,7 @@ class DeltaModel(PeftModel):
         self.merged = True
 
     def unmerge(self) -> None:
+        self.check_usable("unmerge")
         if not self.merged:
             raise RuntimeError(f"{type(self).__name__} is not merged; nothing to unmerge")
         with torch.no_grad():
@@ -139,7 +144,7 @@ class DeltaModel(PeftModel):
     def merge_and_unload(self) -> GPT:
         if not self.merged:
             self.merge()
-        return self.base_model
+        return self.unload()
 
     @contextlib.contextmanager
     def disable_adapter(self):
