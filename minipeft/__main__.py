@@ -5,7 +5,10 @@ Run `python -m minipeft --help` (or `<command> --help`) for the options.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -29,11 +32,17 @@ def cmd_info(args) -> None:
     print("methods:", ", ".join(PRESETS))
 
 
+def checkpointing(args) -> dict:
+    return {"checkpoint_dir": args.checkpoint_dir, "checkpoint_every": args.checkpoint_every,
+            "resume": args.resume}
+
+
 def cmd_pretrain(args) -> None:
     from minipeft.pretrained import rebuild
 
     torch.set_num_threads(args.threads) if args.threads else None
-    report = rebuild(args.size, steps=args.steps, progress=not args.quiet, device=args.device)
+    report = rebuild(args.size, steps=args.steps, progress=not args.quiet, device=args.device,
+                     **checkpointing(args))
     for key, value in report.items():
         print(f"{key}: {value}")
 
@@ -48,19 +57,36 @@ def build_model(size: str, method: str):
     return get_peft_model(load_pretrained(size), PRESETS[method]())
 
 
+def check_save_path(path: Path, peft_type: str) -> None:
+    """Fail before training, not after it, if the adapter could not be saved to `path`."""
+    from minipeft.methods.base import check_save_target
+
+    check_save_target(path, peft_type)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot save the adapter to {path}: {existing} is not a writable "
+                         "folder; give a path you can write to")
+
+
 def cmd_finetune(args) -> None:
     from minipeft.methods import learning_rate
-    from minipeft.tasks import chance_baseline
+    from minipeft.tasks import chance_baseline, get_task
     from minipeft.train import evaluate_task, train
 
+    get_task(args.task)  # an unknown task fails here, before the model is built
     torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
     model = build_model(args.size, args.method)
+    if args.save:
+        check_save_path(Path(args.save), model.config.peft_type)
     print(f"{args.method} on {args.size}: ", end="")
     model.print_trainable_parameters()
     before = evaluate_task(model, args.task, "validation", limit=args.eval_limit)
     lr = learning_rate(args.method) if args.lr is None else args.lr
     result = train(model, args.task, steps=args.steps, lr=lr, batch_size=args.batch_size,
-                   eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet)
+                   eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet,
+                   **checkpointing(args))
     print(f"validation {args.task}: before {before:.3f} → after {result.final_metric:.3f} "
           f"(chance {chance_baseline(args.task):.3f}) in {result.seconds:.1f}s at lr {lr:g}")
     if args.save:
@@ -113,6 +139,50 @@ def cmd_bench(args) -> None:
     run_benchmark(args.shapes, args.reps, args.threads, args.clock)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (0 and negatives are errors, not "use the default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def add_checkpoint_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--checkpoint-dir", default=None,
+                   help="folder for the training checkpoint (checkpoint.pt)")
+    s.add_argument("--checkpoint-every", type=positive_int, default=None,
+                   help="write a checkpoint every N steps (needs --checkpoint-dir)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --checkpoint-dir (same settings)")
+
+
 def parser() -> argparse.ArgumentParser:
     from minipeft.pretrained import SIZES
 
@@ -124,33 +194,37 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="pretrain one checkpoint from scratch into data/")
     s.add_argument("--size", choices=sizes, required=True)
-    s.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="override the recipe's step count")
+    s.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     s.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_checkpoint_arguments(s)
     s.set_defaults(run=cmd_pretrain)
 
     s = sub.add_parser("finetune", help="fine-tune a checkpoint on a task, print the metric")
     s.add_argument("--size", choices=sizes, default="small")
     s.add_argument("--task", default="sentiment")
     s.add_argument("--method", default="lora", help="a method preset, e.g. lora, full (see info)")
-    s.add_argument("--steps", type=int, default=150)
-    s.add_argument("--lr", type=float, default=None,
+    s.add_argument("--steps", type=positive_int, default=150)
+    s.add_argument("--lr", type=positive_float, default=None,
                    help="AdamW learning rate (default: the method's, e.g. 3e-3 for lora, "
                         "3e-2 for ia3 and prompt)")
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--eval-limit", type=int, default=200)
+    s.add_argument("--batch-size", type=positive_int, default=16)
+    s.add_argument("--eval-limit", type=positive_int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save", default=None, help="directory to save the adapter to")
     s.add_argument("--quiet", action="store_true")
+    add_checkpoint_arguments(s)
     s.set_defaults(run=cmd_finetune)
 
     s = sub.add_parser("generate", help="continue a prompt with a pretrained model")
     s.add_argument("--size", choices=sizes, default="small")
     s.add_argument("--prompt", default="the red fox")
-    s.add_argument("--max-new-tokens", type=int, default=40)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=20)
+    s.add_argument("--max-new-tokens", type=positive_int, default=40)
+    s.add_argument("--temperature", type=non_negative_float, default=0.8,
+                   help="0 = greedy decoding")
+    s.add_argument("--top-k", type=positive_int, default=20)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=cmd_generate)
 
@@ -176,12 +250,26 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one `error:` line and exit status 2 (1 for a
+    failure minipeft did not foresee, with its type named; MINIPEFT_DEBUG=1 shows the
+    traceback instead)."""
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, ArithmeticError) as err:
+        if os.environ.get("MINIPEFT_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: still one line, with what kind of failure it was
+        if os.environ.get("MINIPEFT_DEBUG"):
+            raise
+        print(f"error: {type(err).__name__}: {err} (run with MINIPEFT_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from minipeft.checks import check_positive_int
+from minipeft.files import atomic_write_bytes, safetensors_bytes
 from minipeft.model import GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
 from minipeft.train import lm_loss, lm_windows, train_loop
@@ -78,16 +80,19 @@ def check_device(device: str) -> torch.device:
 
 
 def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool = True,
-             device: str = "cpu") -> tuple[GPT, dict]:
+             device: str = "cpu", checkpoint_dir: str | Path | None = None,
+             checkpoint_every: int | None = None, resume: bool = False) -> tuple[GPT, dict]:
     """Pretrain the `name` model from scratch; returns the model (on the CPU) and a report.
 
     On a GPU (`device="cuda"`) the initial weights and the batches are the same as on the
     CPU (both are drawn on the CPU), but the kernels round differently, so the weights end
-    up close to, not equal to, a CPU run's.
+    up close to, not equal to, a CPU run's. `checkpoint_dir` / `checkpoint_every` /
+    `resume`: continue a killed run exactly (see minipeft.train.train_loop).
     """
     from minipeft.tokenizer import load_tokenizer
 
     spec = recipe(name)
+    steps = spec.steps if steps is None else check_positive_int(steps, "steps")
     target = check_device(device)
     tokenizer = load_tokenizer()
     if tokenizer.vocab_size != spec.config.vocab_size:
@@ -99,13 +104,15 @@ def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool 
     model = GPT(spec.config).to(target)
     block = spec.config.block_size
     batches = lm_windows(train_tokens.to(target), block, spec.batch_size, seed=seed)
-    result = train_loop(model, batches, steps or spec.steps, lr=spec.lr, weight_decay=0.1,
-                        seed=seed, progress=progress, desc=f"pretrain {name}")
+    result = train_loop(model, batches, steps, lr=spec.lr, weight_decay=0.1, seed=seed,
+                        progress=progress, desc=f"pretrain {name}",
+                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                        resume=resume)
     model.cpu()
     report = {
         "size": name,
         "parameters": model.num_parameters(),
-        "steps": steps or spec.steps,
+        "steps": steps,
         "train_tokens": len(train_tokens),
         "validation_loss": lm_loss(model, val_tokens, block),
         "uniform_loss_lnV": math.log(spec.config.vocab_size),
@@ -123,7 +130,7 @@ def save_checkpoint(model: GPT, name: str, report: dict) -> None:
     state = {k: v.to(torch.float16).contiguous()
              for k, v in model.state_dict().items() if k != "head.weight"}
     meta = {"config": json.dumps(model.config.to_dict()), "report": json.dumps(report)}
-    save_file(state, str(CHECKPOINT_DIR / f"{name}.safetensors"), metadata=meta)
+    atomic_write_bytes(CHECKPOINT_DIR / f"{name}.safetensors", safetensors_bytes(state, meta))
 
 
 def load_pretrained(name: str = "small", directory: Path | None = None) -> GPT:
@@ -164,10 +171,14 @@ def checkpoint_report(name: str) -> dict:
 
 
 def rebuild(name: str, steps: int | None = None, progress: bool = True,
-            device: str = "cpu") -> dict:
-    """Pretrain and save one checkpoint; returns its report."""
+            device: str = "cpu", **checkpointing) -> dict:
+    """Pretrain and save one checkpoint; returns its report.
+
+    `checkpointing`: checkpoint_dir, checkpoint_every and resume, passed to `pretrain`.
+    """
     start = time.perf_counter()
-    model, report = pretrain(name, steps=steps, progress=progress, device=device)
+    model, report = pretrain(name, steps=steps, progress=progress, device=device,
+                             **checkpointing)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     save_checkpoint(model, name, report)
     return report

@@ -12,19 +12,39 @@ code. Two optional hooks let a method take part without its own loop:
   penalty, MonteCLoRA's KL term);
 * `model.after_optimizer_step(step, total_steps)` → called after each update while the
   gradients are still there (AdaLoRA's importance scores and rank budget).
+
+A run can be stopped and continued: with `checkpoint_dir` and `checkpoint_every` the loop
+writes φ, the optimizer's moments, the step, the loss curve and every random-number state
+(torch, Python, NumPy) to `checkpoint_dir/checkpoint.pt`, atomically. `resume=True` loads
+it and replays the batch stream up to that step, so a run killed and resumed ends with the
+same bits as one that was never interrupted (same seed, same thread count). A model whose
+training state is more than tensors keeps it in `training_state()` /
+`load_training_state(state)` (AdaLoRA: whether its rank pattern is frozen).
+
+A loss that is NaN or infinite stops the run at that step with an error: continuing would
+only write NaN into φ.
 """
 from __future__ import annotations
 
+import io
 import math
+import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from minipeft.checks import (check_non_negative, check_positive, check_positive_int)
+from minipeft.files import atomic_write_bytes
 from minipeft.model import IGNORE_INDEX
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
 
@@ -67,6 +87,20 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
     return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run is stopped, nothing is saved."""
+
+
+def check_trainable(model: nn.Module) -> None:
+    """Refuse to train a model whose φ is folded into the base or was unloaded."""
+    if getattr(model, "unloaded", False):
+        raise RuntimeError("this PeftModel was merged and unloaded; train the GPT that "
+                           "merge_and_unload() returned, or load the adapter again")
+    if hasattr(model, "is_merged") and model.is_merged():
+        raise RuntimeError("the adapter is merged into the base weights, so training φ would "
+                           "no longer change the model's outputs; call unmerge() first")
+
+
 def train_loop(
     model: nn.Module,
     batches: Iterator[Batch],
@@ -81,21 +115,57 @@ def train_loop(
     seed: int = 0,
     progress: bool = True,
     desc: str = "train",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Optimise `model` on `steps` batches; evaluate every `eval_every` steps and at the end."""
-    if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
+    """Optimise `model` on `steps` batches; evaluate every `eval_every` steps and at the end.
+
+    With `checkpoint_dir` and `checkpoint_every`, the training state is written every
+    `checkpoint_every` steps and at the end; `resume=True` continues from it. `batches` must
+    be the same deterministic stream as in the first run (it is replayed to the step).
+    """
+    check_positive_int(steps, "steps")
+    check_positive(lr, "lr")
+    check_non_negative(weight_decay, "weight_decay")
+    if grad_clip is not None:
+        check_positive(grad_clip, "grad_clip")
+    if eval_every is not None:
+        check_positive_int(eval_every, "eval_every")
+    if warmup is not None:
+        check_positive_int(warmup, "warmup")
+    if (checkpoint_every is not None or resume) and checkpoint_dir is None:
+        raise ValueError("checkpoint_every and resume need checkpoint_dir: the folder that "
+                         "holds the checkpoint")
+    if checkpoint_every is not None:
+        check_positive_int(checkpoint_every, "checkpoint_every")
+    check_trainable(model)
     set_seed(seed)
-    warmup = max(1, steps // 10) if warmup is None else max(1, warmup)
+    warmup = max(1, steps // 10) if warmup is None else warmup
     optimizer = make_optimizer(model, lr, weight_decay, param_groups)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
+           "grad_clip": grad_clip, "seed": seed}
     result = TrainResult()
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    first_step, elapsed = 0, 0.0
+    if resume:
+        first_step, elapsed = load_checkpoint(Path(checkpoint_dir), model, optimizer, run,
+                                              result)
+        for _ in range(first_step):
+            next(batches)  # the stream is deterministic: replay it up to the checkpoint
+    start = time.perf_counter() - elapsed
+    bar = tqdm(range(first_step, steps), desc=desc, disable=not progress, leave=False,
+               initial=first_step, total=steps)
     for step in bar:
         model.train()
         inputs, targets = next(batches)
         loss = model(inputs, targets).loss
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"the training loss is {loss_value} at step {step + 1}; the run is stopped "
+                f"and nothing was saved. The usual cause is a learning rate too high for "
+                f"this method (lr={lr:g}): try one 3-10x lower")
         total = loss
         if hasattr(model, "regularization_loss"):
             total = total + model.regularization_loss()
@@ -108,15 +178,128 @@ def train_loop(
         if hasattr(model, "after_optimizer_step"):
             model.after_optimizer_step(step, steps)
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        result.losses.append(loss_value)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
         is_last = step == steps - 1
         if evaluate is not None and (is_last or (eval_every and (step + 1) % eval_every == 0)):
             model.eval()
             result.evals.append((step + 1, evaluate()))
+        if checkpoint_every is not None and (is_last or (step + 1) % checkpoint_every == 0):
+            save_checkpoint(Path(checkpoint_dir), model, optimizer, run, result, step + 1,
+                            time.perf_counter() - start)
     model.eval()
+    check_finite_parameters(trainable)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def check_finite_parameters(params: list[torch.Tensor]) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise NonFiniteLossError("a trainable parameter became NaN or infinite (a gradient "
+                                 "overflowed); nothing was saved. Try a lower learning rate")
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: everything needed to continue a run exactly
+# --------------------------------------------------------------------------------------
+def training_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """φ (a PEFT model's adapter tensors, or every trainable parameter) and the
+    non-persistent buffers that training updates (e.g. AdaLoRA's importance averages)."""
+    if hasattr(model, "adapter_state_dict"):
+        tensors = {f"phi.{k}": v for k, v in model.adapter_state_dict().items()}
+    else:
+        tensors = {f"phi.{k}": p for k, p in model.named_parameters() if p.requires_grad}
+    for module_name, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            if module._buffers.get(name) is not None:
+                key = f"{module_name}.{name}" if module_name else name
+                tensors[f"buffer.{key}"] = module._buffers[name]
+    return {k: v.detach().cpu().clone() for k, v in tensors.items()}
+
+
+def restore_training_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key.startswith("buffer."):
+                buffers[key[len("buffer."):]].copy_(value)
+    phi = {k[len("phi."):]: v for k, v in tensors.items() if k.startswith("phi.")}
+    if hasattr(model, "load_adapter_state_dict"):
+        model.load_adapter_state_dict(phi)
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in phi.items():
+                params[name].copy_(value)
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": np.random.get_state(legacy=False)}
+    states["numpy"]["state"] = {k: torch.from_numpy(np.asarray(v)) if k == "key" else v
+                                for k, v in states["numpy"]["state"].items()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    numpy_state = dict(states["numpy"])
+    numpy_state["state"] = {k: v.numpy() if k == "key" else v
+                            for k, v in numpy_state["state"].items()}
+    np.random.set_state(numpy_state)
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    run: dict, result: TrainResult, step: int, elapsed: float) -> Path:
+    """Write the state after `step` optimizer steps to directory/checkpoint.pt (atomically)."""
+    check_finite_parameters([p for g in optimizer.param_groups for p in g["params"]])
+    state = {
+        "format": CHECKPOINT_FORMAT, "run": run, "step": step, "elapsed": elapsed,
+        "tensors": training_tensors(model), "optimizer": optimizer.state_dict(),
+        "rng": rng_states(), "losses": list(result.losses), "evals": list(result.evals),
+        "model_state": model.training_state() if hasattr(model, "training_state") else None,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(directory / CHECKPOINT_NAME, buffer.getvalue())
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    run: dict, result: TrainResult) -> tuple[int, float]:
+    """Restore a checkpoint into model, optimizer, RNGs and result; returns (step, seconds)."""
+    path = directory / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"resume asked for, but {path} does not exist; run without "
+                                "resume to start, with checkpoint_every to write checkpoints")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable minipeft checkpoint ({err}); delete it "
+                         "and start the run again") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a minipeft training checkpoint of format "
+                         f"{CHECKPOINT_FORMAT}; delete it and start the run again")
+    changed = {k: (state["run"].get(k), v) for k, v in run.items() if state["run"].get(k) != v}
+    if changed:
+        raise ValueError(f"{path} was written by a run with other settings (checkpoint vs "
+                         f"now: {changed}); resume with the same settings")
+    try:
+        restore_training_tensors(model, state["tensors"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} does not fit this model ({err}); was it written for "
+                         "another method or base size?") from err
+    if state["model_state"] is not None:
+        model.load_training_state(state["model_state"])
+    set_rng_states(state["rng"])
+    result.losses[:] = state["losses"]
+    result.evals[:] = [tuple(e) for e in state["evals"]]
+    return state["step"], state["elapsed"]
 
 
 # --------------------------------------------------------------------------------------
@@ -139,6 +322,9 @@ def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
 def random_batches(pairs: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
                    seed: int = 0) -> Iterator[Batch]:
     """Endless batches sampled with replacement from `pairs`, reproducible from `seed`."""
+    check_positive_int(batch_size, "batch_size")
+    if not pairs:
+        raise ValueError("no training examples to draw batches from")
     generator = torch.Generator().manual_seed(seed)
     while True:
         rows = torch.randint(len(pairs), (batch_size,), generator=generator).tolist()
@@ -151,6 +337,7 @@ def lm_windows(tokens: torch.Tensor, block_size: int, batch_size: int,
 
     inputs = tokens[i : i+T], targets = tokens[i+1 : i+T+1]   (next-token prediction)
     """
+    check_positive_int(batch_size, "batch_size")
     generator = torch.Generator().manual_seed(seed)
     while True:
         starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator)
@@ -183,6 +370,7 @@ def classify(model: nn.Module, prompts: list[list[int]], label_ids: list[int],
 
     prediction = argmax_c  logit(label_c | prompt)   over the label words only.
     """
+    check_positive_int(batch_size, "batch_size")
     model.eval()
     labels = torch.tensor(label_ids)
     predictions = []
@@ -219,6 +407,7 @@ def evaluate_task(model: nn.Module, task: str, split: str = "validation",
     from minipeft.tasks import get_task, load_examples, score
     from minipeft.tokenizer import load_tokenizer
 
+    check_limit(limit)
     tokenizer = tokenizer or load_tokenizer()
     spec = get_task(task)  # unknown names fail here with the list of tasks
     examples = load_examples(task, split)[:limit]
@@ -248,6 +437,8 @@ def answer_loss(model: nn.Module, task: str, split: str = "validation",
     from minipeft.tasks import encode_example, load_examples
     from minipeft.tokenizer import load_tokenizer
 
+    check_limit(limit)
+    check_positive_int(batch_size, "batch_size")
     tokenizer = tokenizer or load_tokenizer()
     pairs = [encode_example(ex, tokenizer) for ex in load_examples(task, split)[:limit]]
     model.eval()
@@ -263,15 +454,20 @@ def answer_loss(model: nn.Module, task: str, split: str = "validation",
 def train(model: nn.Module, task: str, steps: int = 300, lr: float = 1e-3,
           batch_size: int = 16, eval_every: int | None = None, eval_limit: int | None = 200,
           seed: int = 0, tokenizer=None, param_groups: list[dict] | None = None,
-          weight_decay: float = 0.0, progress: bool = True) -> TrainResult:
+          weight_decay: float = 0.0, progress: bool = True,
+          checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
+          resume: bool = False) -> TrainResult:
     """Fine-tune `model` (a PEFT model or a plain GPT) on a downstream task.
 
     The loss covers only the answer tokens: the prompt is context, not something to learn.
     Returns the loss curve and the validation metric (every `eval_every` steps and at the end).
+    `checkpoint_dir` / `checkpoint_every` / `resume`: see `train_loop`.
     """
     from minipeft.tasks import encode_example, load_examples
     from minipeft.tokenizer import load_tokenizer
 
+    check_positive_int(batch_size, "batch_size")
+    check_limit(eval_limit, "eval_limit")
     tokenizer = tokenizer or load_tokenizer()
     pairs = [encode_example(ex, tokenizer) for ex in load_examples(task, "train")]
     batches = random_batches(pairs, batch_size, tokenizer.eos_id, seed=seed)
@@ -279,4 +475,11 @@ def train(model: nn.Module, task: str, steps: int = 300, lr: float = 1e-3,
         model, batches, steps, lr=lr, param_groups=param_groups, weight_decay=weight_decay,
         evaluate=lambda: evaluate_task(model, task, "validation", tokenizer, eval_limit),
         eval_every=eval_every, seed=seed, progress=progress, desc=f"fine-tune {task}",
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
     )
+
+
+def check_limit(limit: int | None, name: str = "limit") -> None:
+    """None (every example) or a positive count: -1 would silently drop the last one."""
+    if limit is not None:
+        check_positive_int(limit, name)

@@ -235,6 +235,13 @@ class AdaLoraModel(PeftModel):
         return [(n, m) for n, m in self.tuner_layers() if isinstance(m, AdaLoraLayer)]
 
     # --- hooks of the training loop ------------------------------------------------
+    def training_state(self) -> dict:
+        """What a training checkpoint needs beyond tensors (see minipeft.train)."""
+        return {"pattern_frozen": self.pattern_frozen}
+
+    def load_training_state(self, state: dict) -> None:
+        self.pattern_frozen = bool(state["pattern_frozen"])
+
     def regularization_loss(self) -> torch.Tensor:
         """γ Σ_matrices R(P, Q): added to the task loss by minipeft.train."""
         penalty = sum(layer.orthogonality_penalty() for _, layer in self.adalora_layers())

@@ -585,6 +585,10 @@ class MaskModel(DeltaModel):
         if bad.any():
             raise ValueError("mask_indices point outside the parameter pool: was the adapter "
                              "saved with other target_modules/layers or another base size?")
+        chosen = self.mask_indices[self.mask_indices >= 0]
+        if len(chosen.unique()) != len(chosen):
+            raise ValueError("mask_indices name the same entry twice, which no selector "
+                             "produces: the adapter file was edited or damaged; save it again")
         self._routes = None
         self.probes = {}
 
