@@ -71,16 +71,17 @@ def reference_encode(tokenizer):
     return encode
 
 
-def random_text(rng: random.Random, length: int) -> str:
-    """Letters the merges know (so many merges fire), plus digits, spaces, accents, emoji."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz" * 4 + "     " + "0123456789.,:!?'" + "éß東😀\n\t"
-    return "".join(rng.choice(alphabet) for _ in range(length))
+WIDE_ALPHABET = "abcdefghijklmnopqrstuvwxyz" * 4 + "     " + "0123456789.,:!?'" + "éß東😀\n\t"
+NARROW_ALPHABET = "aab "  # long runs like "aaa" where the same pair overlaps itself
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_encoder_equals_reference_bpe_on_random_strings(tokenizer, reference_encode, seed):
+@pytest.mark.parametrize("alphabet", [WIDE_ALPHABET, NARROW_ALPHABET], ids=["wide", "narrow"])
+@pytest.mark.parametrize("seed", range(10))
+def test_encoder_equals_reference_bpe_on_random_strings(tokenizer, reference_encode, alphabet,
+                                                       seed):
+    """Wide: letters the merges know, digits, accents, emoji. Narrow: overlapping runs."""
     rng = random.Random(seed)
-    text = random_text(rng, rng.randint(0, 400))
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400)))
     assert tokenizer.encode(text) == reference_encode(text)
 
 
