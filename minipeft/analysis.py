@@ -106,8 +106,8 @@ def nearest_tokens(vectors: torch.Tensor, model, tokenizer, k: int = 5
 
 # ---- selective and memory --------------------------------------------------------------
 # Which entries matter (Fisher scores per layer and matrix), and where a training step's
-# memory goes: the lecture's question "why is memory more critical for training than for
-# inference?" (lecture 003_39641af5cbfa22ce.txt) answered with measured tensor sizes.
+# memory goes: ATNLP Lecture 8 ("Parameter-efficient Finetuning") asks why memory is more
+# critical for training than for inference; measured tensor sizes answer it.
 BLOCK_TENSORS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.o", "fc": "mlp.fc",
                  "proj": "mlp.proj", "ln1": "ln1", "ln2": "ln2"}
 

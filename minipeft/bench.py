@@ -372,7 +372,7 @@ def inference_table(shape: str, times: dict[str, dict[str, float]]) -> str:
 
 
 def closing_note(rows: list[Row]) -> str:
-    """One line per mode: the minipeft/peft ratios the issue asks for, plus the frozen bound."""
+    """One line per mode: minipeft's time as a ratio of peft's, plus the frozen bound."""
     lines = []
     frozen = {r.shape: r.seconds["minipeft"] for r in rows if r.mode == "frozen"}
     for r in rows:

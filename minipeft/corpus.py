@@ -21,8 +21,8 @@ with an unnamed verdict (" verdict : good"); the sentiment task asks for " senti
 positive". So, like a real language model that has read many reviews but never SST-2's
 format, the pretrained model has the concept (is this review favourable?) at the end of a
 review but not the task's wording and label words: zero-shot it is near chance, and a
-fine-tune only has to connect the two. (An earlier corpus wrote reviews in the task's own
-format, and every checkpoint scored 100% before any fine-tuning.)
+fine-tune only has to connect the two. (Reviews written in the task's own format would let
+every checkpoint score 100% before any fine-tuning, leaving nothing to teach.)
 
 Paraphrase documents are drawn four times as often as each other kind, and most of their
 lines repeat or restate a sentence. That is what teaches the model to look back and copy
@@ -511,9 +511,9 @@ DOCUMENT_KINDS = {
 }
 # How often each kind is drawn, relative to the others. Paraphrase documents are drawn four
 # times as often (4/9 of the corpus): learning to copy from the context is a phase change
-# that comes only after enough repeated and restated sentences (in an earlier measurement on
-# `small`, a corpus without restatements left it unable to copy after 1,750 of 3,000 steps,
-# while with them it learned to copy between steps 1,000 and 1,250).
+# that comes only after enough repeated and restated sentences (measured on `small`: without
+# restatements it still could not copy after 1,750 of 3,000 steps; with them it learns to copy
+# between steps 1,000 and 1,250).
 DOCUMENT_WEIGHTS = {"story": 1, "review": 1, "paraphrase": 4, "table": 1, "spelling": 1,
                     "sums": 1}
 

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import pickle
 import re
 import sys
 import unicodedata
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from minipeft.model import GPT, GPTConfig
+from minipeft.tokenizer import CACHE_SIZE, CACHED_CHUNK_LENGTH, apply_merges, check_token_id
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # the first one present is read
@@ -48,6 +52,11 @@ GPT2_DEFAULTS = {
 # Activations that compute GELU's tanh approximation, 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))),
 # which is what minipeft's MLP uses (nn.GELU(approximate="tanh")).
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast")
+# Sizes a config.json sets, with a generous upper bound each (GPT-2 XL, the largest GPT-2,
+# has 50,257 / 1,024 / 1,600 / 48 / 25 / 6,400). They are checked before anything is allocated,
+# so a mistyped or hostile config.json cannot ask for terabytes.
+SIZE_LIMITS = {"vocab_size": 1_000_000, "n_positions": 100_000, "n_embd": 100_000,
+               "n_layer": 1_000, "n_head": 1_000, "n_inner": 1_000_000}
 # Settings minipeft's GPT has no counterpart for, with the value it supports and why.
 UNSUPPORTED_FLAGS = {
     "scale_attn_weights": (True, "minipeft always scales attention scores by 1/√d_h"),
@@ -61,8 +70,14 @@ UNSUPPORTED_FLAGS = {
 # --------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------
-def gpt2_config(hf_config: dict) -> GPTConfig:
-    """The GPTConfig for a GPT-2 config.json dict; anything minipeft cannot represent → error."""
+def gpt2_config(hf_config: dict, source: str | Path = CONFIG_FILE) -> GPTConfig:
+    """The GPTConfig for a GPT-2 config.json dict; anything minipeft cannot represent → error.
+
+    `source` (the file's path) only appears in the error messages.
+    """
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{source} holds a JSON {type(hf_config).__name__}, not an object of "
+                         "settings; is it a Hugging Face config.json?")
     model_type = hf_config.get("model_type")
     if model_type != "gpt2":
         raise ValueError(f"config.json describes model_type={model_type!r}, not 'gpt2': "
@@ -79,10 +94,44 @@ def gpt2_config(hf_config: dict) -> GPTConfig:
     if len(dropouts) != 1:
         raise ValueError(f"resid_pdrop, embd_pdrop and attn_pdrop differ ({sorted(dropouts)}); "
                          "minipeft's GPT has a single dropout probability for all three")
+    check_gpt2_sizes(c, source)
+    dropout, epsilon = dropouts.pop(), c["layer_norm_epsilon"]
+    if not is_number(dropout) or not 0 <= dropout < 1:
+        raise ValueError(f"{source}: dropout probability {dropout!r} must be a number in [0, 1)")
+    if not is_number(epsilon) or not 0 < epsilon < 1:
+        raise ValueError(f"{source}: layer_norm_epsilon={epsilon!r} must be a number in (0, 1)")
     return GPTConfig(vocab_size=c["vocab_size"], block_size=c["n_positions"],
                      n_layer=c["n_layer"], n_head=c["n_head"], d_model=c["n_embd"],
-                     d_ff=c["n_inner"], dropout=float(dropouts.pop()),
-                     layer_norm_eps=c["layer_norm_epsilon"])
+                     d_ff=c["n_inner"], dropout=float(dropout), layer_norm_eps=float(epsilon))
+
+
+def is_number(value) -> bool:
+    """A finite JSON number (true and false are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_gpt2_sizes(c: dict, source: str | Path) -> None:
+    """Every size is a whole number within SIZE_LIMITS, and the heads split n_embd evenly."""
+    for key, limit in SIZE_LIMITS.items():
+        value = c[key]
+        if key == "n_inner" and value is None:
+            continue  # None means 4·n_embd, as in GPT2Config
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ValueError(f"{source}: {key}={value!r} must be a whole number from 1 to "
+                             f"{limit:,}")
+    if c["n_embd"] % c["n_head"] != 0:
+        raise ValueError(f"{source}: n_embd={c['n_embd']} is not divisible by "
+                         f"n_head={c['n_head']}; each head gets n_embd / n_head dimensions")
+
+
+def parameter_count(config: GPTConfig) -> int:
+    """Number of weights a GPT-2 of this config stores (tied head counted once)."""
+    d, f, layers = config.d_model, config.d_ff, config.n_layer
+    per_block = (4 * d  # ln_1, ln_2: weight and bias each
+                 + 3 * d * d + 3 * d  # c_attn
+                 + d * d + d  # attn.c_proj
+                 + d * f + f + f * d + d)  # mlp.c_fc, mlp.c_proj
+    return (config.vocab_size + config.block_size) * d + layers * per_block + 2 * d
 
 
 # --------------------------------------------------------------------------------------
@@ -92,8 +141,12 @@ def gpt2_config(hf_config: dict) -> GPTConfig:
 MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
-def read_gpt2_files(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config dict, state dict) from a GPT-2 folder, with one clear error per missing piece."""
+def read_gpt2_files(directory: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) from a GPT-2 folder, with one clear error per missing piece.
+
+    The config is read and checked first, and must fit in the weights file, so no size taken
+    from config.json reaches an allocation unchecked.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory; give the folder that holds a "
@@ -106,14 +159,33 @@ def read_gpt2_files(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor
     if not weights:
         raise FileNotFoundError(f"{directory} has {CONFIG_FILE} but no weights: expected one "
                                 f"of {list(WEIGHT_FILES)}")
-    hf_config = json.loads(config_path.read_text())
-    if weights[0].suffix == ".safetensors":
-        state = load_file(str(weights[0]))
-    else:
-        state = torch.load(weights[0], map_location="cpu", weights_only=True)
+    config = gpt2_config(read_json(config_path, "a GPT-2 config.json"), config_path)
+    # Every weight takes at least one byte on disk, so a config that implies more weights than
+    # the file has bytes does not describe it.
+    needed, size = parameter_count(config), weights[0].stat().st_size
+    if needed > size:
+        raise ValueError(f"{config_path} describes a model of {needed:,} weights, but "
+                         f"{weights[0]} has only {size:,} bytes: the config does not belong to "
+                         "these weights")
+    try:
+        if weights[0].suffix == ".safetensors":
+            state = load_file(str(weights[0]))
+        else:
+            state = torch.load(weights[0], map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+        raise ValueError(f"{weights[0]} cannot be read as GPT-2 weights ({err}); re-save the "
+                         "checkpoint with transformers' save_pretrained") from None
     # GPT2LMHeadModel prefixes its body with "transformer."; a bare GPT2Model does not.
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
-    return hf_config, state
+    return config, state
+
+
+def read_json(path: Path, what: str):
+    """The JSON in `path`, or one error naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise ValueError(f"{path} is not valid JSON ({err}); it should be {what}") from None
 
 
 def convert_gpt2_state_dict(state: dict[str, torch.Tensor],
@@ -123,7 +195,14 @@ def convert_gpt2_state_dict(state: dict[str, torch.Tensor],
     c_attn: W (d, 3d), b (3d,)  →  q, k, v: Wᵀ cut in three (d, d) row blocks, b in three (d,).
     Every other Conv1D weight (d_in, d_out) becomes a Linear weight (d_out, d_in) = Wᵀ.
     """
-    state = {k: v.float() for k, v in state.items() if not k.endswith(MASK_BUFFERS)}
+    state = {k: v for k, v in state.items() if not k.endswith(MASK_BUFFERS)}
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"GPT-2 tensor {key!r} holds {tensor.dtype} numbers, not "
+                             "floating-point weights")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"GPT-2 tensor {key!r} holds NaN or infinite values")
+    state = {k: v.float() for k, v in state.items()}
     d = config.d_model
     out = {}
 
@@ -171,8 +250,7 @@ def convert_gpt2_state_dict(state: dict[str, torch.Tensor],
 
 def load_gpt2(directory: str | Path) -> GPT:
     """A minipeft GPT holding the GPT-2 checkpoint saved in `directory` (fp32, eval mode)."""
-    hf_config, state = read_gpt2_files(directory)
-    config = gpt2_config(hf_config)
+    config, state = read_gpt2_files(directory)
     model = GPT(config)
     model.load_state_dict(convert_gpt2_state_dict(state, config))
     return model.eval()
@@ -252,11 +330,12 @@ class GPT2BPETokenizer:
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
         self.vocab = vocab
         self.id_to_token = {i: t for t, i in vocab.items()}
+        self.id_limit = max(vocab.values(), default=-1) + 1  # ids are < this
         self.rank = {pair: r for r, pair in enumerate(merges)}  # earlier line = merged first
         self.byte_char = bytes_to_unicode()
         self.char_byte = {c: b for b, c in self.byte_char.items()}
         self.eos_id = vocab.get(END_OF_TEXT)
-        self._cache: dict[str, list[int]] = {}
+        self._encode_short_chunk = functools.lru_cache(maxsize=CACHE_SIZE)(self._merge_chunk)
 
     @classmethod
     def from_directory(cls, directory: str | Path) -> GPT2BPETokenizer:
@@ -266,7 +345,10 @@ class GPT2BPETokenizer:
         if missing:
             raise FileNotFoundError(f"GPT-2 tokenizer file(s) missing: {missing}; a GPT-2 "
                                     "tokenizer folder holds vocab.json and merges.txt")
-        vocab = json.loads(files["vocab.json"].read_text(encoding="utf-8"))
+        vocab = read_json(files["vocab.json"], "GPT-2's vocab.json (token → id)")
+        if not isinstance(vocab, dict) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in vocab.values()):
+            raise ValueError(f"{files['vocab.json']} must map each token to a whole number ≥ 0")
         merges = []
         for number, line in enumerate(files["merges.txt"].read_text(encoding="utf-8")
                                       .splitlines(), start=1):
@@ -286,29 +368,19 @@ class GPT2BPETokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def _encode_chunk(self, chunk: str) -> list[int]:
-        if chunk not in self._cache:
-            pieces = [self.byte_char[b] for b in chunk.encode("utf-8")]
-            while len(pieces) > 1:
-                pairs = list(zip(pieces, pieces[1:]))
-                best = min(pairs, key=lambda p: self.rank.get(p, float("inf")))
-                if best not in self.rank:
-                    break
-                merged, i = [], 0  # join every occurrence of `best`, left to right
-                while i < len(pieces):
-                    if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
-                        merged.append(pieces[i] + pieces[i + 1])
-                        i += 2
-                    else:
-                        merged.append(pieces[i])
-                        i += 1
-                pieces = merged
-            missing = [p for p in pieces if p not in self.vocab]
-            if missing:
-                raise ValueError(f"tokens {missing[:3]} are produced by merges.txt but absent "
-                                 "from vocab.json: the two files do not belong together")
-            self._cache[chunk] = [self.vocab[p] for p in pieces]
-        return self._cache[chunk]
+    def _merge_chunk(self, chunk: str) -> tuple[int, ...]:
+        pieces = apply_merges([self.byte_char[b] for b in chunk.encode("utf-8")], self.rank,
+                              join=str.__add__)
+        missing = [p for p in pieces if p not in self.vocab]
+        if missing:
+            raise ValueError(f"tokens {missing[:3]} are produced by merges.txt but absent "
+                             "from vocab.json: the two files do not belong together")
+        return tuple(self.vocab[p] for p in pieces)
+
+    def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
+        if len(chunk) <= CACHED_CHUNK_LENGTH:
+            return self._encode_short_chunk(chunk)
+        return self._merge_chunk(chunk)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
@@ -322,8 +394,15 @@ class GPT2BPETokenizer:
                 ids.extend(self._encode_chunk(chunk))
         return ids
 
+    def token(self, token_id: int) -> str:
+        """The vocab.json entry of `token_id`, or one error naming the bad id."""
+        token = self.id_to_token.get(check_token_id(token_id, self.id_limit))
+        if token is None:
+            raise ValueError(f"token id {token_id} is not in vocab.json (its ids have gaps)")
+        return token
+
     def token_text(self, token_id: int) -> str:
-        token = self.id_to_token[token_id]
+        token = self.token(token_id)
         if token == END_OF_TEXT:
             return token
         return bytes(self.char_byte[c] for c in token).decode("utf-8", errors="replace")
@@ -332,7 +411,7 @@ class GPT2BPETokenizer:
         """Text of `ids`; a byte sequence that is not valid UTF-8 shows up as '�'."""
         out = bytearray()
         for i in ids:
-            token = self.id_to_token[i]
+            token = self.token(i)
             out += (token.encode("utf-8") if token == END_OF_TEXT
                     else bytes(self.char_byte[c] for c in token))
         return out.decode("utf-8", errors="replace")

@@ -1,8 +1,9 @@
 """In-context learning (ICL): the frozen model reads k solved examples, then the question.
 
 Brown et al. (2020) showed that a large language model can do a task it was never
-fine-tuned on when the prompt holds a few demonstrations ("shots"). The lecture's 4-shot
-example (lecture 004_5391813694bbfed5.txt, "In-Context Learning (ICL)"):
+fine-tuned on when the prompt holds a few demonstrations ("shots"). A 4-shot example of
+their letter-cycling task (Brown et al., 2020, Section 3.9.2), as Tanmoy Chakraborty's
+lecture "Parameter-Efficient Fine-Tuning (PEFT)" shows it:
 
     asinoc=casino
     yfrogg=froggy
@@ -12,8 +13,9 @@ example (lecture 004_5391813694bbfed5.txt, "In-Context Learning (ICL)"):
 
 No weight changes, so no training memory; the price is paid at inference instead: every
 prediction re-reads the k shots (k times more prompt tokens), the shots must fit in the
-context window (128 tokens here), and the result depends on which shots were drawn
-(lecture 003_39641af5cbfa22ce.txt, "Disadvantages of ICL").
+context window (128 tokens here), and the result depends on which shots were drawn and in
+which order (Zhao et al., 2021; Lu et al., 2022; listed under "Disadvantages of ICL" in
+ATNLP Lecture 8, "Parameter-efficient Finetuning").
 
 Shots are training examples written exactly as in the pretraining corpus (`prompt + answer`,
 one per line), drawn at random for each question from a seeded generator. Answers are read

@@ -309,13 +309,43 @@ class GPT(nn.Module):
         `forward_kwargs` reach the first forward call (e.g. a `prefix`); PEFT wrappers that
         prepend soft prompts override `generate` through their own forward.
         """
-        if idx.shape[1] + max_new_tokens > self.config.block_size:
-            raise ValueError(
-                f"prompt of {idx.shape[1]} tokens + {max_new_tokens} new tokens exceeds the "
-                f"context window block_size={self.config.block_size}; shorten one of them."
-            )
         return generate_tokens(self, idx, max_new_tokens, temperature, top_k, eos_id,
                                use_cache, generator, forward_kwargs or {})
+
+
+def check_generation_arguments(idx: torch.Tensor, max_new_tokens: int, temperature: float,
+                               top_k: int | None, block_size: int | None) -> None:
+    """One clear error for each argument of `generate` that cannot work; nothing is coerced."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError("idx must be a (batch, length) tensor of token ids, e.g. "
+                         "torch.tensor([tokenizer.encode(prompt)])")
+    if idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise ValueError(f"the prompt is empty (idx has shape {tuple(idx.shape)}): the model "
+                         "needs at least one token to continue; start from "
+                         "[[tokenizer.eos_id]] to generate from nothing")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: it must be a positive integer "
+                         "(1, 2, ...)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or top_k < 1):
+        raise ValueError(f"top_k={top_k!r}: it must be a positive integer (1 = always the "
+                         "most likely token), or None to sample from the whole vocabulary")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: it must be a finite number ≥ 0 "
+                         "(0 = greedy, 1 = the model's own distribution)")
+    if block_size is not None and idx.shape[1] + max_new_tokens > block_size:
+        raise ValueError(
+            f"prompt of {idx.shape[1]} tokens + {max_new_tokens} new tokens exceeds the "
+            f"context window block_size={block_size}; shorten one of them."
+        )
+
+
+def context_window(model: nn.Module) -> int | None:
+    """block_size of a GPT, or of the GPT inside a PEFT wrapper (its `base_model`)."""
+    gpt = model if isinstance(model, GPT) else getattr(model, "base_model", None)
+    return gpt.config.block_size if isinstance(gpt, GPT) else None
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -339,6 +369,7 @@ def generate_tokens(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
 
     Stops early once every row has produced `eos_id`; rows that finished keep receiving eos.
     """
+    check_generation_arguments(idx, max_new_tokens, temperature, top_k, context_window(model))
     forward_kwargs = forward_kwargs or {}
     out = idx
     cache = model.new_cache() if use_cache else None

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from minipeft.checks import check_positive_int
 from minipeft.files import atomic_write_bytes, safetensors_bytes
@@ -134,40 +133,101 @@ def save_checkpoint(model: GPT, name: str, report: dict) -> None:
 
 
 def load_pretrained(name: str = "small", directory: Path | None = None) -> GPT:
-    """A pretrained GPT from data/checkpoints (or `directory`), in eval mode, fp32."""
-    recipe(name)  # unknown names fail here with the list of sizes
+    """A pretrained GPT from data/checkpoints (or `directory`), in eval mode, fp32.
+
+    The file must hold exactly the tensors of size `name`'s recipe, as floating-point finite
+    numbers; anything else is one error that names the file and how to rebuild it.
+    """
+    spec = recipe(name)  # unknown names fail here with the list of sizes
     path = Path(directory or CHECKPOINT_DIR) / f"{name}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} is missing; " + REBUILD_HINT.format(name=name))
-    try:
-        config = GPTConfig(**json.loads(read_metadata(path)["config"]))
-        state = load_file(str(path))
-    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError, OSError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt or not a minipeft checkpoint ({err}); "
-                         + REBUILD_HINT.format(name=name)) from err
-    model = GPT(config)
+    metadata, state = read_checkpoint(path, name)
+    model = GPT(spec.config)  # sizes come from the recipe, never from the file
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "head.weight"}
+    check_checkpoint_matches(path, name, state, expected, stored_config(path, name, metadata))
     state = {k: v.float() for k, v in state.items()}
-    state["head.weight"] = state["tok_emb.weight"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not match its config ({err}); "
-                         + REBUILD_HINT.format(name=name)) from err
+    state["head.weight"] = state["tok_emb.weight"]  # tied: one tensor, two names
+    model.load_state_dict(state)
     return model.eval()
 
 
-def read_metadata(path: Path) -> dict:
-    """The metadata strings of a safetensors file (its header: 8-byte length, then JSON)."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        if not 0 < header_len <= path.stat().st_size - 8:
-            raise ValueError(f"header length {header_len} does not fit in the file")
-        return json.loads(f.read(header_len))["__metadata__"]
+def read_checkpoint(path: Path, name: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, or one error with its path and the fix."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} is corrupt or not a minipeft checkpoint ({err}); "
+                         + REBUILD_HINT.format(name=name)) from None
+    return metadata, state
 
 
-def checkpoint_report(name: str) -> dict:
+def stored_config(path: Path, name: str, metadata: dict[str, str]) -> dict:
+    """The GPTConfig fields written beside the weights by `save_checkpoint`."""
+    try:
+        config = json.loads(metadata["config"])
+        if not isinstance(config, dict):
+            raise ValueError(f"the config is a {type(config).__name__}, not a JSON object")
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} has no readable model config in its metadata "
+                         f"({err!r}); " + REBUILD_HINT.format(name=name)) from None
+    return config
+
+
+def check_checkpoint_matches(path: Path, name: str, state: dict[str, torch.Tensor],
+                             expected: dict[str, tuple[int, ...]], config: dict) -> None:
+    """The file holds size `name`: the same tensor names and shapes as its recipe, and the
+    recipe's config; every tensor floating point and finite."""
+    hint = REBUILD_HINT.format(name=name)
+    for key, shape in expected.items():
+        found = tuple(state[key].shape) if key in state else shape
+        if found != shape:
+            raise ValueError(f"checkpoint {path} is not size {name!r}: {key} has shape {found}, "
+                             f"size {name!r} expects {shape} (another size's file saved under "
+                             f"this name?); {hint}")
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not hold the tensors of size {name!r}: "
+                         f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected "
+                         f"{unexpected[:3]}; {hint}")
+    recipe_config = recipe(name).config.to_dict()
+    differences = {k: config.get(k) for k, v in recipe_config.items() if config.get(k) != v}
+    if differences or config.keys() != recipe_config.keys():
+        raise ValueError(f"checkpoint {path} was saved with config {config}, but size {name!r} "
+                         f"is {recipe_config}; {hint}")
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"checkpoint {path}: tensor {key} holds {tensor.dtype} numbers, "
+                             f"not floating-point weights; {hint}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"checkpoint {path}: tensor {key} holds NaN or infinite values; "
+                             f"{hint}")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata strings of a safetensors checkpoint (written by `save_checkpoint`)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"checkpoint {path} is corrupt or not a minipeft checkpoint ({err}); "
+                         + REBUILD_HINT.format(name=Path(path).stem)) from None
+
+
+def checkpoint_report(name: str, directory: Path | None = None) -> dict:
     """The pretraining report stored beside the weights (loss, time, parameters)."""
-    return json.loads(read_metadata(CHECKPOINT_DIR / f"{name}.safetensors")["report"])
+    recipe(name)
+    path = Path(directory or CHECKPOINT_DIR) / f"{name}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing; " + REBUILD_HINT.format(name=name))
+    metadata = read_metadata(path)
+    try:
+        return json.loads(metadata["report"])
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} has no readable report in its metadata ({err!r}); "
+                         + REBUILD_HINT.format(name=name)) from None
 
 
 def rebuild(name: str, steps: int | None = None, progress: bool = True,

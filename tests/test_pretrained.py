@@ -63,8 +63,8 @@ def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
 
     Predicting that word needs in-context copying (an induction head: find the earlier
     "a red", copy the word after it; Olsson et al. 2022). Chance among the 16 animals is
-    0.06, and a model that has learned only the corpus's templates scores about that (the
-    earlier 800-step checkpoints scored 0.06). Copying is what in-context learning and
+    0.06, and a model that has learned only the corpus's templates scores about that.
+    Copying is what in-context learning and
     paraphrase (compare two sentences slot by slot) build on; it appears as a phase change
     part-way through pretraining on a corpus that repeats and restates sentences.
     """

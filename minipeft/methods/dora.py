@@ -1,7 +1,7 @@
 """DoRA: Weight-Decomposed Low-Rank Adaptation (Liu et al., 2024).
 
 Split every weight into a magnitude and a direction, train the magnitude directly and
-the direction with LoRA (lecture 004_5391813694bbfed5.txt):
+the direction with LoRA (Liu et al., 2024, Section 4.1):
 
     W' = m · V / ‖V‖_c,      V = W₀ + (α/r) B A,      m initialised to ‖W₀‖_c
 

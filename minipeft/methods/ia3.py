@@ -9,8 +9,9 @@ than In-Context Learning". Three learned vectors per block rescale activations e
 
 Every vector starts at 1, so the wrapped model computes exactly what the pretrained one does.
 Trainable parameters: L'·(2·d + d_ff) for L' adapted blocks (the default targets), i.e.
-|l| summed over the targets; about 0.05 % of a large model (lecture 001_682f0cabf7ee5461.txt:
-"Ultra-light ... merges away at inference").
+|l| summed over the targets; about 0.05 % of a large model, and the vectors fold into the
+weights at inference (the lecture "Parameter Efficient Fine Tuning: Blazing fast
+fine-tuning!" calls IA³ ultra-light for both reasons).
 
 Targets use the shared module names: "k" and "v" scale the *output* of that Linear;
 "proj" scales the *input* of the MLP's output layer, which is the hidden activation l_ff

@@ -2,8 +2,8 @@
 
 Li, Farkhoor, Liu & Yosinski (2018), "Measuring the Intrinsic Dimension of Objective
 Landscapes", and Aghajanyan, Zettlemoyer & Gupta (2021), "Intrinsic Dimensionality Explains
-the Effectiveness of Language Model Fine-Tuning" (lecture 003_39641af5cbfa22ce.txt, "low-rank
-composition": g = f_{θ + Pφ}):
+the Effectiveness of Language Model Fine-Tuning"; the "low-rank composition" g = f_{θ + Pφ}
+of Pfeiffer, Ruder, Vulić & Ponti (2023), "Modular Deep Learning", Section 3:
 
     θ^D = θ₀^D + P φ^d        P ∈ R^{D×d} fixed and random, φ ∈ R^d trainable, φ = 0 at start
 

@@ -1,7 +1,8 @@
 """Input composition: soft prompts, prefix tuning and deep prompts.
 
 All three leave every weight of the model untouched and give it extra *inputs* instead
-(lecture 003_39641af5cbfa22ce.txt: g(x) = f_θ([φ, x])). They differ in where φ enters:
+(input composition, g(x) = f_θ([φ, x]), in Pfeiffer, Ruder, Vulić & Ponti, 2023, "Modular
+Deep Learning", Section 3). They differ in where φ enters:
 
 Soft prompt tuning — Lester, Al-Rfou & Constant (2021) "The Power of Scale for
 Parameter-Efficient Prompt Tuning". k trainable vectors P ∈ R^{k×d} are prepended to the
@@ -19,7 +20,8 @@ token embeddings, and the frozen model reads the sequence [P; E(x)]:
 
 Prefix tuning — Li & Liang (2021) "Prefix-Tuning: Optimizing Continuous Prompts for
 Generation". Every layer ℓ gets P trainable key and value vectors that the queries of the
-real tokens attend to (the prefix has no query of its own, lecture 004_5391813694bbfed5.txt):
+real tokens attend to (the prefix has no query of its own; He et al., 2022, "Towards a
+Unified View of Parameter-Efficient Transfer Learning", Section 3.1):
 
     K_ℓ ← [Pk_ℓ; K_ℓ],  V_ℓ ← [Pv_ℓ; V_ℓ]           Pk_ℓ, Pv_ℓ: (P, d) per layer
     trainable parameters: L'·2·P·d                    (L' = adapted blocks)

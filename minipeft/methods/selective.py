@@ -1,9 +1,11 @@
 """Selective fine-tuning: train a chosen subset of the existing weights, θ = θ₀ + M ⊙ Δ.
 
 Selective methods add no new modules: they pick which of the pretrained weights may move
-(lecture 004_5391813694bbfed5.txt, "Selective Methods"; lecture 003_39641af5cbfa22ce.txt,
-"sparse subnetworks" and "imposing structure"). In minipeft the base stays frozen (rule of
-the house), so every method here is written as a trainable difference Δ on top of θ₀:
+(the "selective" family of Lialin, Deshpande & Rumshisky, 2023, "Scaling Down to Scale Up:
+A Guide to Parameter-Efficient Fine-Tuning"; "sparse subnetworks" and "structured
+composition" in Pfeiffer, Ruder, Vulić & Ponti, 2023, "Modular Deep Learning", Section 3).
+In minipeft the base stays frozen, so every method here is written as a trainable
+difference Δ on top of θ₀:
 
     θ = θ₀ + M ⊙ Δ                 M: a fixed (or, for ID3, growing) 0/1 mask over θ₀
 

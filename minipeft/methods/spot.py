@@ -1,7 +1,8 @@
 """SPoT: soft prompt transfer, and learned prompts as task embeddings.
 
 Paper: Vu, Lester, Constant, Al-Rfou & Cer (2022) "SPoT: Better Frozen Model Adaptation
-through Soft Prompt Transfer" (lecture 000_88beacee8ee83b23.txt). Soft prompts (see
+through Soft Prompt Transfer" (taught in the CS 4804 lecture "Parameter-efficient
+fine-tuning (PEFT)", Introduction to AI, Fall 2025). Soft prompts (see
 `prompts.py`) are small, so a library of them — one per task — is cheap to keep.
 
 Generic SPoT
