@@ -27,8 +27,9 @@ read the tests, forge the pickle, or hang the grader. Here, per submission:
    expected values with minipeft *in its own process*, which never runs student code. So
    monkeypatching minipeft inside the submission changes nothing the grader compares with.
 2. The submission runs in a child process (its own session, `python -m
-   minipeft.course.homework --child`) in an empty temporary directory that holds only a
-   copy of the notebook: no test, no expected value is on disk there. The child receives
+   minipeft.course.homework --child`) in a fresh temporary directory that holds only a
+   copy of the notebook (and whose parent holds only that directory): no test, no expected
+   value is on disk there. The child receives
    the case *inputs* on stdin before any student code runs, executes the code cells one by
    one (an exception, `sys.exit` included, fails only its cell), and at each
    `grader.check("qN")` (and at the end for questions not checked yet) calls the student's
@@ -65,7 +66,6 @@ import math
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -651,19 +651,24 @@ def call_with(function: Callable, arguments: tuple) -> Any:
 # ======================================================================================
 # Checking inside a notebook (grader.check, otter on Gradescope)
 # ======================================================================================
+@contextlib.contextmanager
 def fresh_homework_module():
     """A private copy of this module and of minipeft, imported afresh from the source files.
 
-    Swaps every minipeft module out of sys.modules, imports again (so the copies import each
-    other, not the ones the notebook may have changed), then puts the originals back.
+    While the block runs, sys.modules holds fresh copies of every minipeft module (so the
+    references' imports find them, not the ones the notebook may have changed); afterwards
+    the notebook's own modules are put back.
     """
-    saved = {n: m for n, m in sys.modules.items() if n == "minipeft" or n.startswith("minipeft.")}
+    def ours(name: str) -> bool:
+        return name == "minipeft" or name.startswith("minipeft.")
+
+    saved = {n: m for n, m in sys.modules.items() if ours(n)}
     for name in saved:
         del sys.modules[name]
     try:
-        return importlib.import_module("minipeft.course.homework")
+        yield importlib.import_module("minipeft.course.homework")
     finally:
-        for name in [n for n in sys.modules if n == "minipeft" or n.startswith("minipeft.")]:
+        for name in [n for n in sys.modules if ours(n)]:
             del sys.modules[name]
         sys.modules.update(saved)
 
@@ -673,15 +678,15 @@ def check_exercise(homework: str, question: str, function: Callable, which: str)
 
     which: "public" (the one small case) or "hidden" (seeded random cases).
     """
-    fresh = fresh_homework_module()
-    exercise = fresh.exercises(homework)[question]
-    all_cases = fresh.cases(homework, exercise)
-    chosen = all_cases[:1] if which == "public" else all_cases[1:]
-    for n, arguments in enumerate(chosen):
-        expected = fresh.call_with(exercise.reference, arguments)
-        got = fresh.call_with(function, arguments)
-        problem = fresh.compare(expected, got, exercise.rtol, exercise.atol)
-        assert not problem, f"{which} case {n + 1} of {exercise.function}: {problem}"
+    with fresh_homework_module() as fresh:
+        exercise = fresh.exercises(homework)[question]
+        all_cases = fresh.cases(homework, exercise)
+        chosen = all_cases[:1] if which == "public" else all_cases[1:]
+        for n, arguments in enumerate(chosen):
+            expected = fresh.call_with(exercise.reference, arguments)
+            got = fresh.call_with(function, arguments)
+            problem = fresh.compare(expected, got, exercise.rtol, exercise.atol)
+            assert not problem, f"{which} case {n + 1} of {exercise.function}: {problem}"
 
 
 # ======================================================================================
@@ -811,8 +816,10 @@ def run_child(notebook: dict, questions: dict, timeout: float) -> ChildRun:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1"}
-    with tempfile.TemporaryDirectory(prefix="minipeft-grade-") as workdir:
-        Path(workdir, "submission.ipynb").write_text(json.dumps(notebook))
+    with tempfile.TemporaryDirectory(prefix="minipeft-grade-") as private:
+        workdir = Path(private, "submission")  # its parent holds nothing else either
+        workdir.mkdir()
+        (workdir / "submission.ipynb").write_text(json.dumps(notebook))
         process = subprocess.Popen([sys.executable, "-m", "minipeft.course.homework", "--child"],
                                    cwd=workdir, env=env, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -990,11 +997,17 @@ def master_notebooks() -> list[Path]:
     return sorted(MASTER_DIR.glob("hw*.ipynb"))
 
 
-def build(out: str | Path = DEFAULT_OUT) -> list[Path]:
-    """otter assign on every master notebook → OUT/<hw>/student/, OUT/<hw>/autograder/."""
+def build(out: str | Path = DEFAULT_OUT, homeworks: list[str] | None = None) -> list[Path]:
+    """otter assign on the master notebooks (default all) → OUT/<hw>/student/<hw>.ipynb and
+    OUT/<hw>/autograder/<hw>-autograder.zip."""
     out = Path(out)
+    masters = master_notebooks()
+    if homeworks is not None:
+        for hw in homeworks:
+            exercises(hw)  # a clear error for an unknown name
+        masters = [m for m in masters if m.stem in homeworks]
     written = []
-    for master in master_notebooks():
+    for master in masters:
         hw = master.stem
         with tempfile.TemporaryDirectory(prefix="minipeft-assign-") as tmp:
             result = subprocess.run(
@@ -1026,15 +1039,17 @@ def add_minipeft(zip_path: Path, target: Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--child"]:
-        child_main()
+def run_command(args: argparse.Namespace) -> None:
+    if args.homework_command == "build":
+        for path in build(args.out, args.homework):
+            print("wrote", path)
         return
-    parser = argparse.ArgumentParser(prog="python -m minipeft.course.homework")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.parse_args(argv)
+    results = grade(args.homework, args.submissions, args.out, args.timeout, args.jobs)
+    print(f"graded {len(results)} submission(s); summary in {Path(args.out) / 'summary.csv'}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] != ["--child"]:
+        sys.exit("this module is run by the grader as `--child`; use `python -m minipeft "
+                 "homework build|grade`")
+    child_main()
