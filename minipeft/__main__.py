@@ -139,6 +139,13 @@ def cmd_bench(args) -> None:
     run_benchmark(args.shapes, args.reps, args.threads, args.clock)
 
 
+def cmd_homework(args) -> None:
+    """Homework: build student notebooks and autograder zips, or grade submissions."""
+    from minipeft.course.homework import run_command
+
+    run_command(args)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1 (0 and negatives are errors, not "use the default")."""
     try:
@@ -239,6 +246,24 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("slides", help="build slides/*.slides.html from the executed notebooks")
     s.add_argument("notebooks", nargs="*", help="notebook files (default: all of notebooks/)")
     s.set_defaults(run=cmd_slides)
+
+    s = sub.add_parser("homework", help="build the homework (otter-grader) or grade "
+                                         "submissions")
+    homework = s.add_subparsers(dest="homework_command", required=True)
+    h = homework.add_parser("build", help="student notebooks and Gradescope zips from "
+                                          "notebooks/homework/")
+    h.add_argument("--out", default="build/homework", help="output folder (default build/homework)")
+    h.add_argument("--homework", nargs="*", default=None,
+                   help="build only these, e.g. hw1_rank_svd (default: every master notebook)")
+    h = homework.add_parser("grade", help="grade submitted notebooks, each in its own process")
+    h.add_argument("submissions", nargs="+", help="submitted notebooks (.ipynb)")
+    h.add_argument("--homework", required=True, help="which homework, e.g. hw1_rank_svd")
+    h.add_argument("--out", default="build/homework/grades",
+                   help="folder for <submission>/results.json and summary.csv")
+    h.add_argument("--timeout", type=float, default=120.0,
+                   help="wall-clock seconds per submission (default 120)")
+    h.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
+    s.set_defaults(run=cmd_homework)
 
     from minipeft.bench import add_arguments
 
