@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from minipeft.files import atomic_directory, safetensors_bytes
 from minipeft.model import GPT, GPTConfig
 from minipeft.tokenizer import CACHE_SIZE, CACHED_CHUNK_LENGTH, apply_merges, check_token_id
 
@@ -463,7 +464,8 @@ def save_peft_adapter(model, directory: str | Path) -> Path:
 
     The base must be the GPT-2 checkpoint the peft side loads; minipeft cannot check that here.
     """
-    from minipeft.methods.base import CONFIG_NAME, WEIGHTS_NAME, resolve_layers
+    from minipeft.methods.base import (CONFIG_NAME, WEIGHTS_NAME, check_save_target,
+                                       resolve_layers)
     from minipeft.methods.dora import DoraConfig
     from minipeft.methods.lora import LoraConfig
 
@@ -489,9 +491,11 @@ def save_peft_adapter(model, directory: str | Path) -> Path:
         "inference_mode": True,
     }
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    check_save_target(directory, "LORA")
+    weights = safetensors_bytes(tensors, metadata={"format": "pt"})
+    with atomic_directory(directory) as tmp:  # the folder appears whole, or not at all
+        (tmp / WEIGHTS_NAME).write_bytes(weights)
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return directory
 
 

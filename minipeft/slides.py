@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 
+from minipeft.files import atomic_write_text
 from minipeft.paths import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -95,11 +96,11 @@ def build_slides(notebooks: list[Path] | None = None, out_dir: Path = SLIDES_DIR
         css, run = inline_css(body)
         if run and shared_css is None:
             shared_css = css
-            (out_dir / SHARED_CSS).write_text(css, encoding="utf-8")
+            atomic_write_text(out_dir / SHARED_CSS, css)
         if run and css == shared_css:  # otherwise the deck keeps its own CSS inline
             link = f'<link href="{SHARED_CSS}" rel="stylesheet"/>\n'
             body = body[:run.start()] + link + body[run.end():]
         target = out_dir / f"{path.stem}.slides.html"
-        target.write_text(body, encoding="utf-8")
+        atomic_write_text(target, body)
         written.append(target)
     return written

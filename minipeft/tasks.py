@@ -38,6 +38,7 @@ from minipeft.corpus import (
     make_sum, paraphrase_prompt, scramble, sentiment_prompt, table2text_prompt,
     unscramble_prompt,
 )
+from minipeft.files import atomic_write_text
 from minipeft.paths import TASKS_DIR, DataFileError
 
 # Target value for positions that carry no loss; the same -100 as minipeft.model and
@@ -198,8 +199,7 @@ def write_task_data(out_dir: str | Path = TASKS_DIR, seed: int = 0) -> list[Path
     for name, task in TASKS.items():
         for split, examples in task.generate(seed).items():
             path = task_file(name, split, out_dir)
-            path.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples),
-                            encoding="utf-8")
+            atomic_write_text(path, "".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
             written.append(path)
     return written
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from minipeft.corpus import END_OF_TEXT, generate_corpus
+from minipeft.files import atomic_write_text
 from minipeft.paths import TOKENIZER_PATH, DataFileError
 
 # GPT-2's pre-tokenizer, written for Python's `re` ([^\W\d_] means "a letter").
@@ -228,13 +229,13 @@ class BPETokenizer:
         """
         lines = [json.dumps([a, b, self.token_text(N_BYTES + i)], ensure_ascii=False)
                  for i, (a, b) in enumerate(self.merges)]
-        Path(path).write_text(
+        atomic_write_text(
+            path,
             "{\n"
             '  "type": "byte-level BPE",\n'
             f'  "special_tokens": {json.dumps({END_OF_TEXT: self.eos_id})},\n'
             '  "merges": [\n    ' + ",\n    ".join(lines) + "\n  ]\n"
             "}\n",
-            encoding="utf-8",
         )
 
     @classmethod
