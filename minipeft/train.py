@@ -126,7 +126,7 @@ def train_loop(
     be the same deterministic stream as in the first run (it is replayed to the step).
     """
     check_positive_int(steps, "steps")
-    check_positive(lr, "lr")
+    check_non_negative(lr, "lr")  # 0 is allowed: a run that only evaluates
     check_non_negative(weight_decay, "weight_decay")
     if grad_clip is not None:
         check_positive(grad_clip, "grad_clip")

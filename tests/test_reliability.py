@@ -431,3 +431,19 @@ def test_ci_runs_the_readmes_two_commands_as_written():
         assert command in ci, command
     test_script = (REPO / "scripts" / "test.sh").read_text()
     assert "pip install" not in test_script  # installing is the set-up command's job
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_virtual_tokens", 10**12, "no room for input"),
+    ("bottleneck_size", 10**12, "wider than the model"),
+])
+def test_sizes_in_a_config_file_are_checked_before_allocating(tmp_path, field, value,
+                                                               message):
+    from minipeft.methods import AdapterConfig
+
+    config = (PromptTuningConfig(num_virtual_tokens=2, init="random")
+              if field == "num_virtual_tokens" else AdapterConfig(bottleneck_size=2))
+    folder = saved(tmp_path, get_peft_model(tiny_gpt(), config))
+    edit_config(folder, lambda m: m.update({field: value}))
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(tiny_gpt(), folder)

@@ -113,6 +113,9 @@ class AdapterConfig(PeftConfig):
             raise ValueError(f"reduction_factor={self.reduction_factor} leaves no bottleneck "
                              f"for d_model={d_model}; use a factor ≤ {d_model} or set "
                              "bottleneck_size")
+        if m > d_model:
+            raise ValueError(f"bottleneck_size={m} is wider than the model (d_model="
+                             f"{d_model}); a bottleneck must be at most d_model wide")
         return m
 
     def wrapped_sublayers(self) -> dict[str, str]:

@@ -170,6 +170,14 @@ def initial_prompt(config: PromptTuningConfig, gpt: GPT) -> torch.Tensor:
 class InputCompositionModel(PeftModel):
     """What the three input methods share: φ is an input, so there is nothing to merge."""
 
+    def __init__(self, base_model, config, adapter_name: str = "default"):
+        window = base_model.config.block_size
+        if config.num_virtual_tokens >= window:  # checked before anything is allocated
+            raise ValueError(f"num_virtual_tokens={config.num_virtual_tokens} leaves no room "
+                             f"for input in the context window (block_size={window}); use "
+                             f"at most {window - 1}")
+        super().__init__(base_model, config, adapter_name)
+
     def cannot_merge_reason(self) -> str | None:
         return ("a learned prompt/prefix is an extra input, not a weight update, so it "
                 "cannot be merged into the weights")
