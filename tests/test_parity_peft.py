@@ -155,6 +155,58 @@ def test_merged_lora_equals_peft_merged(gpt2_folder):
 
 
 # --------------------------------------------------------------------------------------
+# Weighted combination of adapters: the same combined ΔW for "cat", "linear" and "svd"
+# --------------------------------------------------------------------------------------
+def two_adapter_pair(folder, second_r=4):
+    """(minipeft, peft), both with adapters "default" (r=4, α=6) and "other" (α=3), equal."""
+    ours, theirs = lora_pair(folder)
+    ours.add_adapter("other", LoraConfig(r=second_r, alpha=3.0,
+                                         target_modules=["o", "fc", "proj"]))
+    ours.set_adapter("other")
+    randomize_adapter(ours, seed=20)
+    theirs.add_adapter("other", peft.LoraConfig(
+        r=second_r, lora_alpha=3.0, fan_in_fan_out=True,
+        target_modules=[GPT2_PATH[t] for t in ("o", "fc", "proj")]))
+    with torch.no_grad():
+        for layer, t in [(i, t) for i in range(GPT2_SHAPE["n_layer"]) for t in GPT2_PATH]:
+            mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
+            other = hf_block_module(theirs, layer, GPT2_PATH[t])
+            other.lora_A["other"].weight.copy_(mine.lora_A["other"])
+            other.lora_B["other"].weight.copy_(mine.lora_B["other"])
+    return ours, theirs
+
+
+@pytest.mark.parametrize("combination, options, second_r, exact", [
+    ("cat", {}, 2, True), ("linear", {}, 4, False), ("svd", {}, 4, False),
+    ("svd", {"rank": 8}, 4, True), ("svd", {"rank": 5, "svd_clamp": 0.8}, 2, False)],
+    ids=["cat", "linear", "svd-default-rank", "svd-rank8", "svd-rank5-clamp"])
+def test_weighted_adapter_gives_peft_delta_weight(gpt2_folder, combination, options, second_r,
+                                                  exact):
+    """Same combined ΔW as peft in every layer; exact where the combination promises it
+    (cat; svd keeping rank ≥ r₁ + r₂), measurably not where it does not (linear's cross
+    terms BᵢAⱼ; svd truncated to rank 4 < 8, or clamped)."""
+    ours, theirs = two_adapter_pair(gpt2_folder, second_r)
+    weights = [0.8, -1.7]
+    ours.add_weighted_adapter(["default", "other"], weights, "mix", combination=combination,
+                              **options)
+    theirs.add_weighted_adapter(["default", "other"], weights, "mix",
+                                combination_type=combination,
+                                svd_rank=options.get("rank"), svd_clamp=options.get("svd_clamp"))
+    ours.set_adapter("mix")
+    for layer, t in [(i, t) for i in range(GPT2_SHAPE["n_layer"]) for t in GPT2_PATH]:
+        mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
+        other = hf_block_module(theirs, layer, GPT2_PATH[t])
+        assert mine.lora_A["mix"].shape == other.lora_A["mix"].weight.shape
+        # peft's GPT-2 Conv1D keeps W as (d_in, d_out), so its ΔW is the transpose
+        theirs_delta = other.get_delta_weight("mix").T
+        torch.testing.assert_close(mine.delta_weight(), theirs_delta, atol=1e-5, rtol=1e-5)
+        weighted_sum = sum(w * mine.scaling[n] * mine.lora_B[n] @ mine.lora_A[n]
+                           for n, w in zip(["default", "other"], weights))
+        error = (mine.delta_weight() - weighted_sum).abs().max().item()
+        assert error < 1e-5 if exact else error > 1e-3
+
+
+# --------------------------------------------------------------------------------------
 # Adapter files: minipeft ↔ peft
 # --------------------------------------------------------------------------------------
 def test_minipeft_saves_what_peft_loads(gpt2_folder, tmp_path):
