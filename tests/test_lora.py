@@ -11,6 +11,7 @@ import torch
 
 from minipeft.analysis import (delta_weights, effective_rank, singular_values,
                                subspace_similarity, subspace_similarity_grid)
+from minipeft.methods import PRESETS as METHOD_PRESETS
 from minipeft.methods.base import PeftModel, TunerLayer, get_peft_model
 from minipeft.methods.lora import PRESETS, LoraConfig, LoraLayer, LoraModel, loraplus_param_groups
 from minipeft.model import GPT, GPTConfig
@@ -478,6 +479,37 @@ def test_loraplus_gives_B_ratio_times_the_learning_rate_of_A():
     optimizer = make_optimizer(model, lr=2e-4, weight_decay=0.0, param_groups=groups)
     lrs = sorted(g["lr"] for g in optimizer.param_groups)
     assert lrs[1] == pytest.approx(16 * lrs[0])
+
+
+LORA_FAMILY = ["lora", "rslora", "lora_all", "dora", "qlora", "monteclora", "adalora"]
+# The tensors LoRA+ trains at ratio · lr, by their name in the layer: B-like factors and the
+# 1-D ones (peft's rule); AdaLoRA's λ is peft's (r, 1) matrix lora_E, so it stays at lr.
+FAST = {"lora_B", "lora_magnitude", "lora_log_lambda", "lora_log_alpha", "P"}
+SLOW = {"lora_A", "Q", "lambda_"}
+
+
+def tensor_role(name: str) -> str:
+    """'blocks.0.attn.q.lora_B.default' → 'lora_B'; 'blocks.0.attn.q.P' → 'P'."""
+    return name.removesuffix(".default").rpartition(".")[2]
+
+
+@pytest.mark.parametrize("preset", LORA_FAMILY)
+def test_loraplus_groups_partition_the_trainable_tensors(preset):
+    model = get_peft_model(tiny_gpt(), METHOD_PRESETS[preset]())
+    slow, fast = loraplus_param_groups(model, lr=1e-3, ratio=8)
+    assert slow["lr"] == pytest.approx(1e-3) and fast["lr"] == pytest.approx(8e-3)
+    ids = [id(p) for group in (slow, fast) for p in group["params"]]
+    assert len(ids) == len(set(ids))  # no tensor twice
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(ids) == set(trainable)  # every trainable tensor, nothing else
+    assert {tensor_role(trainable[id(p)]) for p in fast["params"]} <= FAST
+    assert {tensor_role(trainable[id(p)]) for p in slow["params"]} <= SLOW
+
+
+def test_loraplus_refuses_tensors_it_has_no_rate_for():
+    model = get_peft_model(tiny_gpt(), METHOD_PRESETS["ia3"]())
+    with pytest.raises(ValueError, match="no learning rate for the trainable tensors"):
+        loraplus_param_groups(model, lr=1e-3)
 
 
 def test_presets_build_valid_models():

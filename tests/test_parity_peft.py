@@ -15,10 +15,11 @@ peft = pytest.importorskip("peft", reason="the peft parity tests need peft (pip 
                                           "requirements-dev.txt)")
 
 from minipeft import bench  # noqa: E402
+from minipeft.methods.adalora import AdaLoraConfig  # noqa: E402
 from minipeft.methods.base import PeftModel, get_peft_model  # noqa: E402
 from minipeft.methods.dora import DoraConfig  # noqa: E402
 from minipeft.methods.ia3 import IA3Config  # noqa: E402
-from minipeft.methods.lora import LoraConfig  # noqa: E402
+from minipeft.methods.lora import LoraConfig, loraplus_param_groups  # noqa: E402
 from minipeft.methods.prompts import PrefixTuningConfig, PromptTuningConfig  # noqa: E402
 from minipeft.model import GPT, GPTConfig  # noqa: E402
 
@@ -204,6 +205,58 @@ def test_weighted_adapter_gives_peft_delta_weight(gpt2_folder, combination, opti
                            for n, w in zip(["default", "other"], weights))
         error = (mine.delta_weight() - weighted_sum).abs().max().item()
         assert error < 1e-5 if exact else error > 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# LoRA+: the same learning rate for every tensor as peft's create_loraplus_optimizer
+# --------------------------------------------------------------------------------------
+PEFT_NAME = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_magnitude": "lora_magnitude_vector",
+             "Q": "lora_A", "P": "lora_B", "lambda_": "lora_E"}  # minipeft → peft tensor
+
+
+def peft_loraplus_rates(hf_peft, lr, ratio):
+    """{peft parameter name without '.weight': learning rate} from peft's LoRA+ optimizer."""
+    from peft.optimizers import create_loraplus_optimizer
+    optimizer = create_loraplus_optimizer(hf_peft, torch.optim.AdamW, lr=lr,
+                                          loraplus_lr_ratio=ratio)
+    name_of = {id(p): n.removesuffix(".weight") for n, p in hf_peft.named_parameters()}
+    return {name_of[id(p)]: group["lr"] for group in optimizer.param_groups
+            for p in group["params"]}
+
+
+def ours_loraplus_rates(model, lr, ratio):
+    """{peft's name for the tensor: learning rate} from minipeft's loraplus_param_groups."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    rates = {}
+    for group in loraplus_param_groups(model, lr=lr, ratio=ratio):
+        for p in group["params"]:  # base_model.blocks.1.mlp.fc.lora_B.default → peft's name
+            _, layer, *path = name_of[id(p)].removesuffix(".default").split(".")[1:]
+            module, role = ".".join(path[:-1]), path[-1]
+            gpt2_module = GPT2_PATH[next(t for t, o in OURS_PATH.items() if o == module)]
+            rates[f"base_model.model.transformer.h.{layer}.{gpt2_module}."
+                  f"{PEFT_NAME[role]}.default"] = group["lr"]
+    return rates
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora"])
+def test_loraplus_rates_equal_peft(gpt2_folder, method):
+    """Every trainable tensor gets the rate peft gives it: A (and AdaLoRA's λ, which peft
+    stores as an (r, 1) matrix) at lr, B and DoRA's 1-D magnitude at ratio · lr."""
+    targets = [GPT2_PATH[t] for t in ("o", "fc", "proj")]
+    if method == "adalora":
+        ours = get_peft_model(ours_base(gpt2_folder), AdaLoraConfig(
+            init_r=4, target_r=2, target_modules=["o", "fc", "proj"]))
+        theirs = peft.get_peft_model(hf_base(gpt2_folder), peft.AdaLoraConfig(
+            init_r=4, target_r=2, total_step=10, fan_in_fan_out=True, target_modules=targets))
+    else:
+        config = LoraConfig if method == "lora" else DoraConfig
+        ours = get_peft_model(ours_base(gpt2_folder), config(
+            r=4, target_modules=["o", "fc", "proj"]))
+        theirs = peft.get_peft_model(hf_base(gpt2_folder), peft.LoraConfig(
+            r=4, use_dora=method == "dora", fan_in_fan_out=True, target_modules=targets))
+    expected = peft_loraplus_rates(theirs, lr=2e-4, ratio=16)
+    assert ours_loraplus_rates(ours, lr=2e-4, ratio=16) == pytest.approx(expected)
+    assert sorted(set(expected.values())) == pytest.approx([2e-4, 16 * 2e-4])
 
 
 # --------------------------------------------------------------------------------------

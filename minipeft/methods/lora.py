@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from minipeft.methods.adalora import AdaLoraLayer
 from minipeft.methods.base import (WEIGHTS_NAME, PeftConfig, PeftModel, TunerLayer,
                                    check_same_base, copy_adapter_tensors, find_targets,
                                    read_adapter_config, register_method, replace_module)
@@ -453,19 +454,60 @@ class LoraModel(PeftModel):
 # --------------------------------------------------------------------------------------
 # LoRA+
 # --------------------------------------------------------------------------------------
-def loraplus_param_groups(model: LoraModel, lr: float, ratio: float = 16.0) -> list[dict]:
+# Which LoRA+ rate each trainable tensor of the LoRA family gets. peft's
+# create_loraplus_optimizer gives ratio · lr to lora_B and to every 1-D tensor and lr to the
+# rest; each tensor here gets the rate peft gives its counterpart.
+LORAPLUS_B_SIDE = {
+    "lora_B": "B (d_out, r)",
+    "lora_magnitude": "DoRA's magnitude m (d_out,): peft's lora_magnitude_vector, 1-D",
+    "lora_log_lambda": "MonteCLoRA's log Λ (r,): 1-D",
+    "lora_log_alpha": "MonteCLoRA's Dirichlet log α (N,): 1-D",
+    "P": "AdaLoRA's left vectors P (d_out, r): peft's lora_B",
+}
+LORAPLUS_A_SIDE = {
+    "lora_A": "A (r, d_in); MonteCLoRA's mean μ",
+    "Q": "AdaLoRA's right vectors Q (r, d_in): peft's lora_A",
+    "lambda_": "AdaLoRA's λ (r,): peft stores it as lora_E of shape (r, 1), not 1-D",
+}
+
+
+def loraplus_param_groups(model: PeftModel, lr: float, ratio: float = 16.0) -> list[dict]:
     """AdamW groups for LoRA+ (Hayou et al., 2024): lr_A = lr, lr_B = ratio · lr.
 
     With B = 0 at init and wide layers, equal rates make B learn too slowly relative to A;
-    a larger rate for B (λ = ratio ≈ 16) fixes that. Only the active adapter's A and B.
+    a larger rate for B (λ = ratio ≈ 16) fixes that. Every trainable tensor of the active
+    adapter lands in exactly one of the two groups, for every LoRA-family method (LoRA,
+    rsLoRA, DoRA, QLoRA, MonteCLoRA, AdaLoRA), as peft's `create_loraplus_optimizer(model,
+    optimizer_cls, lr=lr, loraplus_lr_ratio=ratio)` groups them: lora_B and the 1-D tensors
+    at ratio · lr, the rest at lr (see LORAPLUS_B_SIDE / LORAPLUS_A_SIDE). peft also sets
+    each group's weight decay (loraplus_weight_decay, default 0); here the optimizer's own
+    weight_decay applies.
     """
     if ratio <= 0 or lr <= 0:
         raise ValueError(f"lr and ratio must be positive, got lr={lr}, ratio={ratio}")
-    a_params, b_params = [], []
-    for _, layer in model.lora_layers():
-        if layer.active_adapter is not None:
-            a_params.append(layer.A)
-            b_params.append(layer.B)
-    if not a_params:
-        raise ValueError("the model has no active LoRA adapter to build LoRA+ groups for")
-    return [{"params": a_params, "lr": lr}, {"params": b_params, "lr": ratio * lr}]
+    a_side, b_side = [], []
+    for role, tensor in active_adapter_tensors(model):
+        if role in LORAPLUS_B_SIDE:
+            b_side.append(tensor)
+        elif role in LORAPLUS_A_SIDE:
+            a_side.append(tensor)
+    grouped = {id(p) for p in a_side + b_side}
+    left_out = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
+    if left_out:
+        raise ValueError(f"LoRA+ has no learning rate for the trainable tensors {left_out}: "
+                         "it is defined for the LoRA family (LoRA, DoRA, QLoRA, MonteCLoRA, "
+                         "AdaLoRA); freeze them, or build the parameter groups by hand")
+    if not grouped:
+        raise ValueError("the model has no active LoRA-family adapter to build LoRA+ groups for")
+    return [{"params": a_side, "lr": lr}, {"params": b_side, "lr": ratio * lr}]
+
+
+def active_adapter_tensors(model: PeftModel) -> list[tuple[str, nn.Parameter]]:
+    """(role, tensor) of every trainable adapter tensor, role = its name in the layer."""
+    found = []
+    for _, layer in model.tuner_layers():
+        if isinstance(layer, LoraLayer) and layer.active_adapter is not None:
+            found += layer.adapter_tensors(layer.active_adapter).items()
+        elif isinstance(layer, AdaLoraLayer):
+            found += layer.svd_parameters().items()
+    return [(role, p) for role, p in found if p.requires_grad]
