@@ -260,6 +260,41 @@ def test_loraplus_rates_equal_peft(gpt2_folder, method):
 
 
 # --------------------------------------------------------------------------------------
+# AdaLoRA's orthogonality loss: "mean_norm" is peft's, on the same P, Q
+# --------------------------------------------------------------------------------------
+def test_adalora_mean_norm_orthogonality_loss_equals_peft(gpt2_folder):
+    """peft adds γ · mean of ‖BᵀB − I‖_F, ‖AAᵀ − I‖_F (B = P, A = Q) to the loss in forward;
+    its size is the loss with γ = 1 minus the loss with γ = 0."""
+    targets = ("o", "fc", "proj")
+    ours = get_peft_model(ours_base(gpt2_folder), AdaLoraConfig(
+        init_r=4, target_r=2, target_modules=list(targets), orth_reg_weight=1.0,
+        orth_reg_form="mean_norm"))
+    randomize_adapter(ours, seed=21)  # P, Q far from orthonormal
+    theirs = peft.get_peft_model(hf_base(gpt2_folder), peft.AdaLoraConfig(
+        task_type="CAUSAL_LM",  # without a task type peft's forward skips AdaLoraModel's
+        init_r=4, target_r=2, total_step=10, fan_in_fan_out=True,
+        target_modules=[GPT2_PATH[t] for t in targets])).eval()
+    with torch.no_grad():
+        for layer, t in [(i, t) for i in range(GPT2_SHAPE["n_layer"]) for t in targets]:
+            mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
+            other = hf_block_module(theirs, layer, GPT2_PATH[t])
+            other.lora_A["default"].copy_(mine.Q)  # (r, d_in)
+            other.lora_B["default"].copy_(mine.P)  # (d_out, r)
+            other.lora_E["default"].copy_(mine.lambda_[:, None])  # (r, 1)
+    idx = tokens(seed=22)
+    losses = []
+    for weight in (1.0, 0.0):
+        theirs.peft_config["default"].orth_reg_weight = weight
+        with torch.no_grad():
+            losses.append(theirs(input_ids=idx, labels=idx).loss.double())
+    theirs_penalty = (losses[0] - losses[1]).item()
+    ours_penalty = ours.regularization_loss().item()
+    assert ours_penalty == pytest.approx(theirs_penalty, rel=1e-5)
+    ours.config.orth_reg_form = "squared_sum"  # the paper's form is another number
+    assert ours.regularization_loss().item() > 2 * theirs_penalty
+
+
+# --------------------------------------------------------------------------------------
 # Adapter files: minipeft ↔ peft
 # --------------------------------------------------------------------------------------
 def test_minipeft_saves_what_peft_loads(gpt2_folder, tmp_path):
