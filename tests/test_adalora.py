@@ -106,6 +106,22 @@ def test_orthogonality_penalty_by_hand():
     assert layer.orthogonality_penalty().item() == pytest.approx(3 * 3 ** 2)
 
 
+def test_both_forms_of_the_orthogonality_loss_by_hand():
+    """Two matrices; in each P is orthonormal and QQᵀ = c² I, so ‖PᵀP − I‖_F = 0 and
+    ‖QQᵀ − I‖_F = |c² − 1| √r, r = 3."""
+    losses = {}
+    for form in ("squared_sum", "mean_norm"):
+        _, model = adalora(AdaLoraConfig(init_r=3, target_r=1, target_modules=["q"],
+                                         orth_reg_weight=0.5, orth_reg_form=form))
+        with torch.no_grad():
+            for (_, layer), c in zip(model.adalora_layers(), (2.0, 3.0)):
+                layer.P.copy_(torch.eye(D)[:, :3])
+                layer.Q.copy_(c * torch.eye(D)[:3])
+        losses[form] = model.regularization_loss().item()
+    assert losses["squared_sum"] == pytest.approx(0.5 * (3 * 3 ** 2 + 3 * 8 ** 2))
+    assert losses["mean_norm"] == pytest.approx(0.5 * (0 + 3 * 3 ** 0.5 + 0 + 8 * 3 ** 0.5) / 4)
+
+
 def test_importance_is_the_smoothed_sensitivity_times_uncertainty():
     config = AdaLoraConfig(init_r=4, target_r=2, beta1=0.8, beta2=0.7, target_modules=["q"])
     _, model = adalora(config)
@@ -177,6 +193,15 @@ def test_save_and_load_keeps_the_pruned_ranks(tmp_path, trained):
     assert torch.equal(loaded(x).logits, model(x).logits)
 
 
+def test_orth_reg_form_is_saved_and_read_back(tmp_path):
+    _, model = adalora(AdaLoraConfig(init_r=4, target_r=2, orth_reg_form="mean_norm"))
+    randomize(model)
+    model.save_pretrained(tmp_path)
+    loaded = AdaLoraModel.from_pretrained(tiny_gpt(), tmp_path)
+    assert loaded.config.orth_reg_form == "mean_norm"
+    assert torch.equal(loaded.regularization_loss(), model.regularization_loss())
+
+
 def test_merge_keeps_logits():
     _, model = adalora(AdaLoraConfig(init_r=4, target_r=2))
     randomize(model)
@@ -201,6 +226,7 @@ def test_trainable_count_is_r_times_din_plus_dout_plus_one():
     (dict(t_init=0.6, t_final=0.5), "no steps for pruning"),
     (dict(beta1=1.0), "beta1"),
     (dict(orth_reg_weight=-1), "orth_reg_weight"),
+    (dict(orth_reg_form="peft"), "orth_reg_form='peft' is unknown"),
 ])
 def test_bad_configs(bad, message):
     with pytest.raises(ValueError, match=message):

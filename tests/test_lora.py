@@ -11,6 +11,7 @@ import torch
 
 from minipeft.analysis import (delta_weights, effective_rank, singular_values,
                                subspace_similarity, subspace_similarity_grid)
+from minipeft.methods import PRESETS as METHOD_PRESETS
 from minipeft.methods.base import PeftModel, TunerLayer, get_peft_model
 from minipeft.methods.lora import PRESETS, LoraConfig, LoraLayer, LoraModel, loraplus_param_groups
 from minipeft.model import GPT, GPTConfig
@@ -345,10 +346,10 @@ def hand_delta(layer: LoraLayer, name: str, scale: float) -> torch.Tensor:
     return scale * layer.lora_B[name] @ layer.lora_A[name]
 
 
-def test_linear_combination_is_exactly_the_weighted_sum():
+def test_cat_combination_is_exactly_the_weighted_sum():
     reference, model = two_adapters()
     weights = [0.7, -1.3]
-    model.add_weighted_adapter(["default", "other"], weights, "mix", combination="linear")
+    model.add_weighted_adapter(["default", "other"], weights, "mix", combination="cat")
     assert model.configs["mix"].r == 4 + 2
     model.set_adapter("mix")
     dense = copy.deepcopy(reference)
@@ -360,6 +361,43 @@ def test_linear_combination_is_exactly_the_weighted_sum():
             dense.get_submodule(name).weight += expected
     torch.testing.assert_close(model(tokens()).logits, dense(tokens()).logits,
                                rtol=1e-5, atol=1e-5)
+
+
+def same_rank_adapters():
+    """"default" (r = 4, α = 8, s = 2) and "other" (r = 4, α = 2, s = 0.5), both B random."""
+    _, model = lora(LoraConfig(r=4, alpha=8, target_modules=["q", "v"]))
+    randomize_B(model, seed=3)
+    model.add_adapter("other", LoraConfig(r=4, alpha=2, target_modules=["q", "v"]))
+    model.set_adapter("other")
+    randomize_B(model, seed=4)
+    model.set_adapter("default")
+    return model
+
+
+def test_linear_combination_adds_the_factors_and_is_only_approximate():
+    model = same_rank_adapters()
+    model.add_weighted_adapter(["default", "other"], [0.5, -2.0], "mix", combination="linear")
+    assert model.configs["mix"].r == 4
+    model.set_adapter("mix")
+    for _, layer in model.lora_layers():
+        # c = w·s: 0.5·2 = 1 and −2·0.5 = −1, so √|c| = 1 and the sign goes on A
+        A = layer.lora_A["default"] - layer.lora_A["other"]
+        B = layer.lora_B["default"] + layer.lora_B["other"]
+        torch.testing.assert_close(layer.delta_weight(), B @ A, rtol=1e-5, atol=1e-6)
+        exact = 0.5 * hand_delta(layer, "default", 2.0) - 2.0 * hand_delta(layer, "other", 0.5)
+        cross = (layer.lora_B["other"] @ layer.lora_A["default"]
+                 - layer.lora_B["default"] @ layer.lora_A["other"])  # BᵢAⱼ, i ≠ j
+        torch.testing.assert_close(layer.delta_weight(), exact + cross, rtol=1e-5, atol=1e-6)
+        assert (layer.delta_weight() - exact).abs().max() > 1e-2
+
+
+def test_linear_combination_of_one_adapter_is_exact():
+    model = same_rank_adapters()
+    model.add_weighted_adapter(["other"], [-3.0], "scaled", combination="linear")
+    model.set_adapter("scaled")
+    for _, layer in model.lora_layers():
+        torch.testing.assert_close(layer.delta_weight(),
+                                   -3.0 * hand_delta(layer, "other", 0.5), rtol=1e-5, atol=1e-6)
 
 
 def test_svd_combination_at_full_rank_equals_the_weighted_sum():
@@ -374,8 +412,7 @@ def test_svd_combination_at_full_rank_equals_the_weighted_sum():
 
 def test_truncated_svd_combination_is_the_best_rank_k_approximation():
     _, model = two_adapters()
-    model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "svd3",
-                               combination="svd", rank=3)
+    model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "svd3", rank=3)  # default: svd
     model.set_adapter("svd3")
     for _, layer in model.lora_layers():
         full = hand_delta(layer, "default", 2.0) + hand_delta(layer, "other", 1.0)
@@ -383,21 +420,49 @@ def test_truncated_svd_combination_is_the_best_rank_k_approximation():
         best = U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]  # Eckart–Young
         torch.testing.assert_close(layer.delta_weight(), best, rtol=1e-4, atol=1e-5)
         assert torch.linalg.matrix_rank(layer.delta_weight().detach()) == 3
+        # peft's layout: all of σ on B (B = U diag(σ), A = Vᵀ with orthonormal rows)
+        A = layer.lora_A["svd3"].detach()
+        torch.testing.assert_close(A @ A.T, torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_svd_clamp_clips_the_factors_at_the_quantile():
+    _, model = two_adapters()
+    model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "free", rank=3)
+    model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "clipped", rank=3,
+                               svd_clamp=0.9)
+    for _, layer in model.lora_layers():
+        free = torch.cat([layer.lora_B["free"].flatten(), layer.lora_A["free"].flatten()])
+        bound = torch.sort(free.detach()).values  # the 0.9-quantile by linear interpolation
+        position = 0.9 * (free.numel() - 1)
+        low = int(position)
+        q = bound[low] + (position - low) * (bound[low + 1] - bound[low])
+        torch.testing.assert_close(layer.lora_B["clipped"], layer.lora_B["free"].clamp(-q, q))
+        torch.testing.assert_close(layer.lora_A["clipped"], layer.lora_A["free"].clamp(-q, q))
+        assert (layer.lora_B["free"].abs() > q).any() or (layer.lora_A["free"].abs() > q).any()
 
 
 def test_bad_combinations():
     _, model = two_adapters()
     with pytest.raises(ValueError, match="one weight per adapter"):
         model.add_weighted_adapter(["default", "other"], [1.0], "x")
-    with pytest.raises(ValueError, match="'linear' or 'svd'"):
+    with pytest.raises(ValueError, match=r"\['cat', 'linear', 'svd'\]"):
         model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "x", combination="ties")
+    with pytest.raises(ValueError, match="same r"):  # r = 4 and r = 2
+        model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "x", combination="linear")
+    with pytest.raises(ValueError, match="rank=3 is for combination='svd'"):
+        model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "x", combination="cat",
+                                   rank=3)
+    with pytest.raises(ValueError, match="svd_clamp"):
+        model.add_weighted_adapter(["default", "other"], [1.0, 1.0], "x", svd_clamp=1.5)
     model.add_adapter("mlp", LoraConfig(r=2, target_modules=["fc"]))
     with pytest.raises(ValueError, match="different modules"):
         model.add_weighted_adapter(["default", "mlp"], [1.0, 1.0], "x")
     with pytest.raises(ValueError, match="combination='svd'"):  # Σ r = 24 > d = 16
         for i in range(4):
             model.add_adapter(f"big{i}", LoraConfig(r=6, target_modules=["q", "v"]))
-        model.add_weighted_adapter([f"big{i}" for i in range(4)], [1.0] * 4, "x")
+        model.add_weighted_adapter([f"big{i}" for i in range(4)], [1.0] * 4, "x",
+                                   combination="cat")
+    assert "x" not in model.adapter_names
 
 
 # --------------------------------------------------------------------------------------
@@ -414,6 +479,37 @@ def test_loraplus_gives_B_ratio_times_the_learning_rate_of_A():
     optimizer = make_optimizer(model, lr=2e-4, weight_decay=0.0, param_groups=groups)
     lrs = sorted(g["lr"] for g in optimizer.param_groups)
     assert lrs[1] == pytest.approx(16 * lrs[0])
+
+
+LORA_FAMILY = ["lora", "rslora", "lora_all", "dora", "qlora", "monteclora", "adalora"]
+# The tensors LoRA+ trains at ratio · lr, by their name in the layer: B-like factors and the
+# 1-D ones (peft's rule); AdaLoRA's λ is peft's (r, 1) matrix lora_E, so it stays at lr.
+FAST = {"lora_B", "lora_magnitude", "lora_log_lambda", "lora_log_alpha", "P"}
+SLOW = {"lora_A", "Q", "lambda_"}
+
+
+def tensor_role(name: str) -> str:
+    """'blocks.0.attn.q.lora_B.default' → 'lora_B'; 'blocks.0.attn.q.P' → 'P'."""
+    return name.removesuffix(".default").rpartition(".")[2]
+
+
+@pytest.mark.parametrize("preset", LORA_FAMILY)
+def test_loraplus_groups_partition_the_trainable_tensors(preset):
+    model = get_peft_model(tiny_gpt(), METHOD_PRESETS[preset]())
+    slow, fast = loraplus_param_groups(model, lr=1e-3, ratio=8)
+    assert slow["lr"] == pytest.approx(1e-3) and fast["lr"] == pytest.approx(8e-3)
+    ids = [id(p) for group in (slow, fast) for p in group["params"]]
+    assert len(ids) == len(set(ids))  # no tensor twice
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(ids) == set(trainable)  # every trainable tensor, nothing else
+    assert {tensor_role(trainable[id(p)]) for p in fast["params"]} <= FAST
+    assert {tensor_role(trainable[id(p)]) for p in slow["params"]} <= SLOW
+
+
+def test_loraplus_refuses_tensors_it_has_no_rate_for():
+    model = get_peft_model(tiny_gpt(), METHOD_PRESETS["ia3"]())
+    with pytest.raises(ValueError, match="no learning rate for the trainable tensors"):
+        loraplus_param_groups(model, lr=1e-3)
 
 
 def test_presets_build_valid_models():

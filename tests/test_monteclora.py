@@ -68,6 +68,33 @@ def test_sampled_A_is_unbiased_around_the_mean():
     assert noise.mean(dim=0).abs().max() < 5 * noise.std() / 1000 ** 0.5  # ... with mean zero
 
 
+def test_sampled_A_has_the_closed_form_second_moment():
+    """Ã − μ = ε Σₙ πₙ chol(Σ) Eₙ with Eₙ ~ N(0, I), Σ ~ W(df, Λ/df), π ~ Dir(α), independent.
+    Given π and Σ, each entry (i, j) is N(0, ε² Σₙ πₙ² Σ_ii); averaging over Σ (E Σ = Λ)
+    and over π (E πₙ² = αₙ(αₙ + 1) / (α₀(α₀ + 1)), α₀ = Σ αₙ):
+
+        E[(Ã − μ)²_ij] = ε² · Σₙ E[πₙ²] · λ_i,      E[(Ã − μ)_ij (Ã − μ)_i'j] = 0  (i ≠ i').
+    """
+    eps, lam, alpha = 0.5, torch.tensor([0.25, 1.0, 4.0]), torch.tensor([0.5, 1.0, 3.0])
+    model = get_peft_model(tiny_gpt(), MonteCLoraConfig(r=3, alpha=6, sample_scale=eps,
+                                                        n_samples=3, target_modules=["q"]))
+    layer = model.base_model.blocks[0].attn.q
+    with torch.no_grad():  # a non-identity Λ and a non-uniform α
+        layer.lora_log_lambda["default"].copy_(lam.log())
+        layer.lora_log_alpha["default"].copy_(alpha.log())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        noise = torch.stack([layer.sampled_A() - layer.A for _ in range(4000)])  # (S, r, k)
+    a0 = alpha.sum()
+    expected_pi_squared = (alpha * (alpha + 1)).sum() / (a0 * (a0 + 1))
+    expected = eps ** 2 * expected_pi_squared * lam  # (r,)
+    second_moment = (noise ** 2).mean(dim=(0, 2))  # per row i, over samples and columns
+    torch.testing.assert_close(second_moment, expected, rtol=0.1, atol=0)
+    cross = (noise[:, :, None, :] * noise[:, None, :, :]).mean(dim=(0, 3))  # (r, r)
+    off_diagonal = cross - torch.diag(cross.diagonal())
+    assert (off_diagonal.abs() < 0.1 * torch.outer(expected, expected).sqrt()).all()
+
+
 def test_bartlett_factor_gives_wishart_moments():
     # S ~ W(n, I): E S = n I, Var S_ii = 2n, Var S_ij = n (i ≠ j)
     torch.manual_seed(0)

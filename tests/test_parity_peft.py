@@ -15,10 +15,11 @@ peft = pytest.importorskip("peft", reason="the peft parity tests need peft (pip 
                                           "requirements-dev.txt)")
 
 from minipeft import bench  # noqa: E402
+from minipeft.methods.adalora import AdaLoraConfig  # noqa: E402
 from minipeft.methods.base import PeftModel, get_peft_model  # noqa: E402
 from minipeft.methods.dora import DoraConfig  # noqa: E402
 from minipeft.methods.ia3 import IA3Config  # noqa: E402
-from minipeft.methods.lora import LoraConfig  # noqa: E402
+from minipeft.methods.lora import LoraConfig, loraplus_param_groups  # noqa: E402
 from minipeft.methods.prompts import PrefixTuningConfig, PromptTuningConfig  # noqa: E402
 from minipeft.model import GPT, GPTConfig  # noqa: E402
 
@@ -152,6 +153,145 @@ def test_merged_lora_equals_peft_merged(gpt2_folder):
     merged_theirs = theirs.merge_and_unload()
     torch.testing.assert_close(logits(merged_ours, idx), logits(merged_theirs, idx),
                                atol=ATOL, rtol=0)
+
+
+# --------------------------------------------------------------------------------------
+# Weighted combination of adapters: the same combined ΔW for "cat", "linear" and "svd"
+# --------------------------------------------------------------------------------------
+def two_adapter_pair(folder, second_r=4):
+    """(minipeft, peft), both with adapters "default" (r=4, α=6) and "other" (α=3), equal."""
+    ours, theirs = lora_pair(folder)
+    ours.add_adapter("other", LoraConfig(r=second_r, alpha=3.0,
+                                         target_modules=["o", "fc", "proj"]))
+    ours.set_adapter("other")
+    randomize_adapter(ours, seed=20)
+    theirs.add_adapter("other", peft.LoraConfig(
+        r=second_r, lora_alpha=3.0, fan_in_fan_out=True,
+        target_modules=[GPT2_PATH[t] for t in ("o", "fc", "proj")]))
+    with torch.no_grad():
+        for layer, t in [(i, t) for i in range(GPT2_SHAPE["n_layer"]) for t in GPT2_PATH]:
+            mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
+            other = hf_block_module(theirs, layer, GPT2_PATH[t])
+            other.lora_A["other"].weight.copy_(mine.lora_A["other"])
+            other.lora_B["other"].weight.copy_(mine.lora_B["other"])
+    return ours, theirs
+
+
+@pytest.mark.parametrize("combination, options, second_r, exact", [
+    ("cat", {}, 2, True), ("linear", {}, 4, False), ("svd", {}, 4, False),
+    ("svd", {"rank": 8}, 4, True), ("svd", {"rank": 5, "svd_clamp": 0.8}, 2, False)],
+    ids=["cat", "linear", "svd-default-rank", "svd-rank8", "svd-rank5-clamp"])
+def test_weighted_adapter_gives_peft_delta_weight(gpt2_folder, combination, options, second_r,
+                                                  exact):
+    """Same combined ΔW as peft in every layer; exact where the combination promises it
+    (cat; svd keeping rank ≥ r₁ + r₂), measurably not where it does not (linear's cross
+    terms BᵢAⱼ; svd truncated to rank 4 < 8, or clamped)."""
+    ours, theirs = two_adapter_pair(gpt2_folder, second_r)
+    weights = [0.8, -1.7]
+    ours.add_weighted_adapter(["default", "other"], weights, "mix", combination=combination,
+                              **options)
+    theirs.add_weighted_adapter(["default", "other"], weights, "mix",
+                                combination_type=combination,
+                                svd_rank=options.get("rank"), svd_clamp=options.get("svd_clamp"))
+    ours.set_adapter("mix")
+    for layer, t in [(i, t) for i in range(GPT2_SHAPE["n_layer"]) for t in GPT2_PATH]:
+        mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
+        other = hf_block_module(theirs, layer, GPT2_PATH[t])
+        assert mine.lora_A["mix"].shape == other.lora_A["mix"].weight.shape
+        # peft's GPT-2 Conv1D keeps W as (d_in, d_out), so its ΔW is the transpose
+        theirs_delta = other.get_delta_weight("mix").T
+        torch.testing.assert_close(mine.delta_weight(), theirs_delta, atol=1e-5, rtol=1e-5)
+        weighted_sum = sum(w * mine.scaling[n] * mine.lora_B[n] @ mine.lora_A[n]
+                           for n, w in zip(["default", "other"], weights))
+        error = (mine.delta_weight() - weighted_sum).abs().max().item()
+        assert error < 1e-5 if exact else error > 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# LoRA+: the same learning rate for every tensor as peft's create_loraplus_optimizer
+# --------------------------------------------------------------------------------------
+PEFT_NAME = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_magnitude": "lora_magnitude_vector",
+             "Q": "lora_A", "P": "lora_B", "lambda_": "lora_E"}  # minipeft → peft tensor
+
+
+def peft_loraplus_rates(hf_peft, lr, ratio):
+    """{peft parameter name without '.weight': learning rate} from peft's LoRA+ optimizer."""
+    from peft.optimizers import create_loraplus_optimizer
+    optimizer = create_loraplus_optimizer(hf_peft, torch.optim.AdamW, lr=lr,
+                                          loraplus_lr_ratio=ratio)
+    name_of = {id(p): n.removesuffix(".weight") for n, p in hf_peft.named_parameters()}
+    return {name_of[id(p)]: group["lr"] for group in optimizer.param_groups
+            for p in group["params"]}
+
+
+def ours_loraplus_rates(model, lr, ratio):
+    """{peft's name for the tensor: learning rate} from minipeft's loraplus_param_groups."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    rates = {}
+    for group in loraplus_param_groups(model, lr=lr, ratio=ratio):
+        for p in group["params"]:  # base_model.blocks.1.mlp.fc.lora_B.default → peft's name
+            _, layer, *path = name_of[id(p)].removesuffix(".default").split(".")[1:]
+            module, role = ".".join(path[:-1]), path[-1]
+            gpt2_module = GPT2_PATH[next(t for t, o in OURS_PATH.items() if o == module)]
+            rates[f"base_model.model.transformer.h.{layer}.{gpt2_module}."
+                  f"{PEFT_NAME[role]}.default"] = group["lr"]
+    return rates
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora"])
+def test_loraplus_rates_equal_peft(gpt2_folder, method):
+    """Every trainable tensor gets the rate peft gives it: A (and AdaLoRA's λ, which peft
+    stores as an (r, 1) matrix) at lr, B and DoRA's 1-D magnitude at ratio · lr."""
+    targets = [GPT2_PATH[t] for t in ("o", "fc", "proj")]
+    if method == "adalora":
+        ours = get_peft_model(ours_base(gpt2_folder), AdaLoraConfig(
+            init_r=4, target_r=2, target_modules=["o", "fc", "proj"]))
+        theirs = peft.get_peft_model(hf_base(gpt2_folder), peft.AdaLoraConfig(
+            init_r=4, target_r=2, total_step=10, fan_in_fan_out=True, target_modules=targets))
+    else:
+        config = LoraConfig if method == "lora" else DoraConfig
+        ours = get_peft_model(ours_base(gpt2_folder), config(
+            r=4, target_modules=["o", "fc", "proj"]))
+        theirs = peft.get_peft_model(hf_base(gpt2_folder), peft.LoraConfig(
+            r=4, use_dora=method == "dora", fan_in_fan_out=True, target_modules=targets))
+    expected = peft_loraplus_rates(theirs, lr=2e-4, ratio=16)
+    assert ours_loraplus_rates(ours, lr=2e-4, ratio=16) == pytest.approx(expected)
+    assert sorted(set(expected.values())) == pytest.approx([2e-4, 16 * 2e-4])
+
+
+# --------------------------------------------------------------------------------------
+# AdaLoRA's orthogonality loss: "mean_norm" is peft's, on the same P, Q
+# --------------------------------------------------------------------------------------
+def test_adalora_mean_norm_orthogonality_loss_equals_peft(gpt2_folder):
+    """peft adds γ · mean of ‖BᵀB − I‖_F, ‖AAᵀ − I‖_F (B = P, A = Q) to the loss in forward;
+    its size is the loss with γ = 1 minus the loss with γ = 0."""
+    targets = ("o", "fc", "proj")
+    ours = get_peft_model(ours_base(gpt2_folder), AdaLoraConfig(
+        init_r=4, target_r=2, target_modules=list(targets), orth_reg_weight=1.0,
+        orth_reg_form="mean_norm"))
+    randomize_adapter(ours, seed=21)  # P, Q far from orthonormal
+    theirs = peft.get_peft_model(hf_base(gpt2_folder), peft.AdaLoraConfig(
+        task_type="CAUSAL_LM",  # without a task type peft's forward skips AdaLoraModel's
+        init_r=4, target_r=2, total_step=10, fan_in_fan_out=True,
+        target_modules=[GPT2_PATH[t] for t in targets])).eval()
+    with torch.no_grad():
+        for layer, t in [(i, t) for i in range(GPT2_SHAPE["n_layer"]) for t in targets]:
+            mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
+            other = hf_block_module(theirs, layer, GPT2_PATH[t])
+            other.lora_A["default"].copy_(mine.Q)  # (r, d_in)
+            other.lora_B["default"].copy_(mine.P)  # (d_out, r)
+            other.lora_E["default"].copy_(mine.lambda_[:, None])  # (r, 1)
+    idx = tokens(seed=22)
+    losses = []
+    for weight in (1.0, 0.0):
+        theirs.peft_config["default"].orth_reg_weight = weight
+        with torch.no_grad():
+            losses.append(theirs(input_ids=idx, labels=idx).loss.double())
+    theirs_penalty = (losses[0] - losses[1]).item()
+    ours_penalty = ours.regularization_loss().item()
+    assert ours_penalty == pytest.approx(theirs_penalty, rel=1e-5)
+    ours.config.orth_reg_form = "squared_sum"  # the paper's form is another number
+    assert ours.regularization_loss().item() > 2 * theirs_penalty
 
 
 # --------------------------------------------------------------------------------------

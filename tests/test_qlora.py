@@ -1,6 +1,7 @@
 """Tests for NF4 quantisation and QLoRA (minipeft.methods.qlora).
 
-Independent references: the NF4 table published with the QLoRA paper (bitsandbytes),
+Independent references: the NF4 table published with the QLoRA paper, bitsandbytes itself
+(codes, constants and the nested constants of `quantize_4bit`, its dynamic 8-bit code),
 brute-force nearest-level quantisation written here with argmin, hand-packed bytes, the
 bits-per-parameter formula, and dense W x + (α/r) B A x built from the tensors.
 """
@@ -11,11 +12,13 @@ import torch
 import torch.nn as nn
 
 from minipeft.methods.base import get_peft_model
-from minipeft.methods.qlora import (PRESETS, Linear4bit, QLoraConfig, QLoraModel,
+from minipeft.methods.base import PeftConfig
+from minipeft.methods.qlora import (NF4, PRESETS, Linear4bit, QLoraConfig, QLoraModel,
                                     bits_per_parameter_formula, dequantize_int4,
                                     dequantize_nf4, double_dequantize, double_quantize,
-                                    nf4_levels, pack_4bit, qlora_memory, quantization_error,
-                                    quantize_int4, quantize_nf4, storage_bytes, unpack_4bit)
+                                    dynamic_levels, nf4_levels_from_quantiles, pack_4bit,
+                                    qlora_memory, quantization_error, quantize_int4,
+                                    quantize_nf4, storage_bytes, unpack_4bit)
 from minipeft.model import GPT, GPTConfig
 from helpers import assert_preset_learns_sentiment
 
@@ -54,11 +57,11 @@ def brute_force_quantize(weight: torch.Tensor, levels: torch.Tensor, block: int)
 # --------------------------------------------------------------------------------------
 # NF4 levels, packing, quantisation error
 # --------------------------------------------------------------------------------------
-def test_nf4_levels_match_the_paper_table():
-    levels = nf4_levels()
-    assert levels.shape == (16,)
-    assert torch.allclose(levels, torch.tensor(PAPER_NF4), atol=1e-4)
-    assert (levels > 0).sum() == 8 and (levels < 0).sum() == 7 and (levels == 0).sum() == 1
+def test_nf4_levels_are_the_paper_table_and_its_normal_quantiles():
+    assert torch.equal(NF4, torch.tensor(PAPER_NF4))  # the table the quantiser runs with
+    derived = nf4_levels_from_quantiles()  # the derivation taught beside it
+    assert (derived - torch.tensor(PAPER_NF4)).abs().max() <= 2e-7
+    assert (derived > 0).sum() == 8 and (derived < 0).sum() == 7 and (derived == 0).sum() == 1
 
 
 def test_packing_puts_two_codes_in_a_byte_and_round_trips():
@@ -95,16 +98,46 @@ def test_nf4_error_is_lower_than_int4_on_gaussian_weights():
     assert errors["nf4"] < 0.9 * errors["int4"]
 
 
-def test_double_quantization_error_is_within_half_a_step():
+def test_int8_double_quantization_error_is_within_half_a_step():
     absmax = gaussian((1000,), seed=5).abs() + 0.01  # positive constants, n not a multiple of 256
-    codes, scales, mean = double_quantize(absmax, 256)
-    assert codes.dtype == torch.int8 and scales.numel() == 4
+    codes, scales, mean = double_quantize(absmax, 256, "int8")
+    assert codes.dtype == torch.uint8 and scales.numel() == 4
     assert mean.item() == pytest.approx(absmax.mean().item())
-    restored = double_dequantize(codes, scales, mean, 256)
+    restored = double_dequantize(codes, scales, mean, 256, "int8")
     for g in range(4):  # rounding to k/127 of max|c − mean| errs by at most half a step
         group = slice(256 * g, 256 * (g + 1))
         step = (absmax[group] - absmax.mean()).abs().max() / 127
         assert (restored[group] - absmax[group]).abs().max() <= step / 2 + 1e-7
+
+
+def test_dynamic_double_quantization_picks_the_nearest_dynamic_level():
+    absmax = gaussian((1000,), seed=6).abs() + 0.01
+    codes, scales, mean = double_quantize(absmax, 256)  # "dynamic" is the default
+    restored = double_dequantize(codes, scales, mean, 256)
+    levels = dynamic_levels()
+    assert levels.shape == (256,) and torch.equal(levels, levels.sort().values)
+    assert levels.max() == 1.0 and (levels == 0).sum() == 1 and levels.min() > -1
+    for g in range(4):  # brute force: the closest of the 256 levels · s_g, plus the mean
+        centred = absmax[256 * g: 256 * (g + 1)] - mean
+        scale = centred.abs().max()
+        candidates = levels * scale + mean  # (256,)
+        best = (absmax[256 * g: 256 * (g + 1), None] - candidates).abs().min(dim=1).values
+        error = (restored[256 * g: 256 * (g + 1)] - absmax[256 * g: 256 * (g + 1)]).abs()
+        assert torch.allclose(error, best, atol=1e-8)
+        assert scales[g] == scale
+
+
+def test_dynamic_code_beats_int8_on_heavy_tailed_weights():
+    """One outlier block sets the int8 step for its whole group of 256; the dynamic code
+    keeps its relative precision for the small constants."""
+    torch.manual_seed(9)
+    w = torch.distributions.StudentT(2.0).sample((256, 1024)) * 0.02
+    _, absmax = quantize_nf4(w, 64)
+    errors = {}
+    for code in ("dynamic", "int8"):
+        restored = double_dequantize(*double_quantize(absmax, 256, code), 256, code)
+        errors[code] = ((restored - absmax).abs() / absmax).mean().item()
+    assert errors["dynamic"] < 0.6 * errors["int8"]
 
 
 def test_stored_bytes_match_the_bits_per_parameter_formula():
@@ -118,6 +151,87 @@ def test_stored_bytes_match_the_bits_per_parameter_formula():
     assert bits_per_parameter_formula() == pytest.approx(4.127, abs=1e-3)
     plain = Linear4bit(linear, block_size=64, double_quant=False)
     assert plain.bits_per_parameter() == pytest.approx(4 + 32 / 64)
+
+
+# --------------------------------------------------------------------------------------
+# Against bitsandbytes (CPU): codes and constants bit for bit
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bnb():
+    return pytest.importorskip("bitsandbytes.functional",
+                               reason="the bitsandbytes parity tests need bitsandbytes "
+                                      "(pip install -r requirements-dev.txt)")
+
+
+def test_nf4_codes_and_absmax_equal_bitsandbytes_on_a_gpt2_sized_weight(bnb):
+    w = gaussian((768, 3072), seed=7)  # GPT-2 small's mlp.c_fc shape, N(0, 0.02²)
+    packed, absmax = quantize_nf4(w, 64)
+    theirs, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert torch.equal(packed, theirs.flatten())  # 2,359,296 codes, high nibble first in both
+    assert torch.equal(absmax, state.absmax)
+    assert torch.equal(dequantize_nf4(packed, absmax, w.shape, 64),
+                       bnb.dequantize_4bit(theirs, state))
+
+
+def test_nf4_ties_and_zero_blocks_round_as_bitsandbytes(bnb):
+    """Values exactly on a decision threshold (midway between two levels) take the lower
+    level, and an all-zero block codes as 0, in both."""
+    table = torch.tensor(PAPER_NF4)
+    midpoints = (table[1:] + table[:-1]) / 2  # the 15 thresholds, fp32
+    after = torch.nextafter(midpoints, torch.tensor(2.0))  # one fp32 step above each
+    ties = torch.cat([torch.ones(1), midpoints, after, -midpoints, -after])  # absmax 1
+    ties = torch.cat([ties, torch.zeros(64 - ties.numel())])
+    halved = ties * 0.5  # absmax 0.5: 1/0.5 is exact, the ties stay ties
+    # w / c lands on one side of a threshold and w · (1/c) on the other (found by search):
+    # bitsandbytes computes the latter
+    last_bit = torch.zeros(64)
+    last_bit[:3] = torch.tensor([0.8408042788505554, -0.5134227275848389, -0.3867659866809845])
+    w = torch.cat([ties, halved, torch.zeros(64), last_bit])  # four blocks of 64
+    assert torch.bucketize(last_bit[1:3] / last_bit[0], midpoints).tolist() == [1, 2]
+    packed, absmax = quantize_nf4(w, 64)
+    theirs, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert torch.equal(packed, theirs.flatten()) and torch.equal(absmax, state.absmax)
+    codes = unpack_4bit(packed)
+    assert codes[1:16].tolist() == list(range(15))  # threshold i → level i, the lower one
+    assert codes[16:31].tolist() == list(range(1, 16))  # just above it → the upper one
+    assert (codes[128:192] == 7).all() and absmax[2] == 0  # all-zero block: level 0.0
+    assert codes[193:195].tolist() == [2, 3]
+
+
+def bnb_reference_quantize_blockwise(values, code, block_size):
+    """bitsandbytes' own PyTorch kernel for quantize_blockwise (nearest level, as its CUDA
+    kernel), which CPU dispatch otherwise replaces by a native one (see below)."""
+    op = torch.ops.bitsandbytes.quantize_blockwise.default
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    return op.redispatch(keys, values, code, block_size)
+
+
+@pytest.mark.parametrize("tails", ["gaussian", "student_t"])
+def test_double_quantization_equals_bitsandbytes_nested_statistics(bnb, tails):
+    torch.manual_seed(8)
+    w = torch.randn(768, 3072) * 0.02 if tails == "gaussian" else \
+        torch.distributions.StudentT(3.0).sample((768, 3072)) * 0.02
+    _, absmax = quantize_nf4(w, 64)
+    codes, scales, mean = double_quantize(absmax, 256)
+    restored = double_dequantize(codes, scales, mean, 256)
+    _, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    assert torch.equal(dynamic_levels(), bnb.create_dynamic_map())  # the same 8-bit code
+    assert mean == state.offset and torch.equal(scales, state.state2.absmax)
+    # Bit for bit against bitsandbytes' nearest-level kernel ...
+    reference, _ = bnb_reference_quantize_blockwise(absmax - state.offset,
+                                                    bnb.create_dynamic_map(), 256)
+    assert torch.equal(codes, reference)
+    # ... and against the codes bitsandbytes stores on CPU: its native kernel rounds x to a
+    # grid of 65,536 points over [−1, 1] and takes the level nearest to that point, so its
+    # level can be up to 2/65535 farther from x than the nearest one; ours is never farther.
+    assert (codes == state.absmax).float().mean() > 0.99
+    x = (absmax - mean) / scales.repeat_interleave(256)[: absmax.numel()]  # normalised c
+    ours_error = (dynamic_levels()[codes.long()] - x).abs()
+    theirs_error = (dynamic_levels()[state.absmax.long()] - x).abs()
+    assert (ours_error <= theirs_error).all()
+    assert (theirs_error <= ours_error + 2 / 65535 + 1e-7).all()
+    theirs = bnb.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    assert ((restored - absmax).abs() <= (theirs - absmax).abs() + 1e-9).all()
 
 
 # --------------------------------------------------------------------------------------
@@ -212,6 +326,8 @@ def test_memory_is_smaller_than_fp32():
     (dict(block_size=48), "not a multiple of block_size=48"),  # 16·16 = 256 is not 48·k
     (dict(block_size=7), "positive even integer"),
     (dict(double_quant_block_size=0), "positive integer"),
+    (dict(double_quant_code="fp8"), "double_quant_code='fp8' is unknown"),
+    (dict(double_quant="yes"), "True or False"),
     (dict(target_modules=["head"]), "tied token embedding"),
 ])
 def test_bad_configs_are_clear_errors(bad, message):
@@ -230,6 +346,20 @@ def test_second_adapter_must_share_the_quantization():
     model = get_peft_model(tiny_gpt(), QLoraConfig(r=2))
     with pytest.raises(ValueError, match="already quantised"):
         model.add_adapter("other", QLoraConfig(r=2, double_quant=False))
+    with pytest.raises(ValueError, match="double_quant_code"):
+        model.add_adapter("other", QLoraConfig(r=2, double_quant_code="int8"))
+
+
+def test_double_quant_code_is_saved_and_used_after_loading(tmp_path):
+    config = QLoraConfig(r=2, alpha=4, double_quant_code="int8")
+    assert PeftConfig.from_dict(config.to_dict()) == config
+    model = get_peft_model(tiny_gpt(), config)
+    model.save_pretrained(tmp_path)
+    loaded = QLoraModel.from_pretrained(tiny_gpt(), tmp_path)
+    assert loaded.config.double_quant_code == "int8"
+    assert all(m.double_quant_code == "int8" for _, m in loaded.quantized_layers())
+    x = tokens()
+    assert torch.equal(loaded(x).logits, model(x).logits)
 
 
 def test_preset_builds():

@@ -169,7 +169,18 @@ class SequentialAdapter(AdapterLayer):
 
 
 class ParallelAdapter(AdapterLayer):
-    """y = f(x) + s·A(x)   (He et al.: the adapter reads the sub-layer's input)."""
+    """y = f(x) + s·A(x)   (He et al.: the adapter reads the sub-layer's input).
+
+    Which input: the wrapped f is the MLP (or attention) module, and in this pre-LayerNorm
+    GPT its input is the LayerNorm output LN₂ x, so A reads LN₂ x, not the residual stream
+    x. AdapterHub's ParBn feeds its parallel adapter the residual stream instead (its
+    `input_tensor`: x before LN₂ in a pre-LayerNorm model such as GPT-2). We keep the
+    LayerNorm output because it is the input of the sub-layer the adapter runs beside, as
+    in He et al.'s h ← h + s·A(x) with x the sub-layer's input: A is a second branch
+    computing from exactly the normalised features f computes from, and wrapping the
+    sub-layer needs no change to the Block. (In a post-LayerNorm model such as BERT the two
+    coincide: the residual stream entering a sub-layer is already normalised.)
+    """
 
     def __init__(self, base_layer: nn.Module, d_model: int, bottleneck: int, activation: str,
                  scale: float):

@@ -14,7 +14,7 @@ chosen by a gradient-free search on the few-shot loss with an L1 penalty,
 Composition"). Only forward passes are needed, so the search is cheap in memory.
 
 Trainable parameters: N (the weights w), none by back-propagation. The composed adapter is
-built through `LoraModel.add_weighted_adapter(..., combination="linear")`: the factors are
+built through `LoraModel.add_weighted_adapter(..., combination="cat")`: the factors are
 stacked, so its rank is Σᵢ rᵢ and ΔW(w) is exact.
 
 The search here is a seeded (1+λ) evolution strategy: from the current best w draw λ
@@ -45,8 +45,8 @@ class CompositionResult:
 
 def compose(model: LoraModel, adapters: list[str], weights: list[float],
             adapter_name: str = "composed") -> None:
-    """Add and activate the adapter with ΔW = Σᵢ wᵢ ΔWᵢ (exact, linear combination)."""
-    model.add_weighted_adapter(adapters, weights, adapter_name, combination="linear")
+    """Add and activate the adapter with ΔW = Σᵢ wᵢ ΔWᵢ (exact: the factors are stacked)."""
+    model.add_weighted_adapter(adapters, weights, adapter_name, combination="cat")
     model.set_adapter(adapter_name)
 
 

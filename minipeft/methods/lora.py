@@ -20,7 +20,8 @@ Variants in this file:
 * LoRA+ (Hayou et al., 2024): train B with a larger learning rate than A, lr_B = λ·lr_A
   (λ ≈ 16); `loraplus_param_groups` builds the two AdamW groups for `train(param_groups=)`.
 * Several named adapters on one base (`add_adapter`, `set_adapter`, `delete_adapter`) and
-  their weighted combination (`add_weighted_adapter`, "linear" exact or "svd" truncated).
+  their weighted combination (`add_weighted_adapter`: "cat" exact, "linear" approximate,
+  "svd" truncated, as in peft).
 
 `LoraLayer` is written to be reused: DoRA and QLoRA subclass it and keep `lora_A`, `lora_B`,
 `scaling`, `lora_down(x)` and `lora_delta(x)`.
@@ -36,11 +37,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipeft.methods.adalora import AdaLoraLayer
 from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, copy_adapter_tensors,
                                    find_targets, read_adapter, register_method,
                                    replace_module)
 
 INITS = ("kaiming", "gaussian")
+COMBINATIONS = ("cat", "linear", "svd")  # add_weighted_adapter, with peft's meanings
 
 
 @dataclass
@@ -297,43 +300,54 @@ class LoraModel(PeftModel):
 
     # --- weighted combination -------------------------------------------------------
     def add_weighted_adapter(self, adapters: list[str], weights: list[float],
-                             adapter_name: str, combination: str = "linear",
-                             rank: int | None = None) -> None:
-        """New adapter with ΔW_new = Σᵢ wᵢ ΔWᵢ (exactly, or its best rank-`rank` version).
+                             adapter_name: str, combination: str = "svd",
+                             rank: int | None = None, svd_clamp: float | None = None) -> None:
+        """New adapter combining `adapters` with `weights`; the three combinations of peft.
 
-        linear: stack the factors, B_new = [w₁s₁B₁ | w₂s₂B₂ | …] (d × Σrᵢ),
-                A_new = [A₁; A₂; …] (Σrᵢ × k), scale 1, so B_new A_new = Σ wᵢ sᵢ Bᵢ Aᵢ exactly.
-        svd:    form Σ wᵢ ΔWᵢ densely and keep its top-`rank` singular triplets (default
-                rank = max rᵢ): by Eckart–Young the best rank-`rank` approximation.
+        With ΔWᵢ = sᵢ Bᵢ Aᵢ (sᵢ = αᵢ/rᵢ) and a new adapter of scale 1 (α = r):
+
+        cat:    stack the factors, A_new = [w₁s₁A₁; w₂s₂A₂; …] (Σrᵢ × k),
+                B_new = [B₁ | B₂ | …] (d × Σrᵢ), so B_new A_new = Σᵢ wᵢ ΔWᵢ exactly.
+        linear: add the factors, with √|wᵢsᵢ| on each side (the sign goes on A):
+                A_new = Σᵢ sign(wᵢsᵢ) √|wᵢsᵢ| Aᵢ,  B_new = Σᵢ √|wᵢsᵢ| Bᵢ  (all rᵢ equal).
+                Only approximate: (Σᵢ cᵢBᵢ)(Σⱼ cⱼAⱼ) = Σᵢ cᵢ²BᵢAᵢ + Σ_{i≠j} cᵢcⱼBᵢAⱼ, and
+                the cross terms BᵢAⱼ are not part of Σᵢ wᵢ ΔWᵢ. Exact for one adapter.
+        svd:    form Σᵢ wᵢ ΔWᵢ densely and keep its top `rank` singular triplets (default
+                rank = max rᵢ), B_new = U_r diag(σ), A_new = V_rᵀ: by Eckart–Young the best
+                rank-`rank` approximation. svd_clamp = q clips every entry of B_new and
+                A_new to ±(the q-quantile of all their entries), as peft's `svd_clamp`.
+
+        The same meanings as peft's `add_weighted_adapter(combination_type=..., svd_rank=,
+        svd_clamp=)` (peft 0.21.2, `LoraModel.add_weighted_adapter`); two differences:
+        peft turns any combination of a single adapter into "linear" (ignoring svd_rank),
+        here "svd" of one adapter still truncates to `rank`; and peft keeps `use_rslora` of
+        the first adapter while setting α = r, so with rsLoRA adapters its new adapter has
+        scale √r instead of 1. Neither changes anything for several plain LoRA adapters.
         The new adapter is added inactive; call set_adapter(adapter_name) to use it.
         """
-        configs = self._check_combination(adapters, weights, adapter_name, combination)
-        if combination == "linear":
-            new_rank = sum(c.r for c in configs)
-            smallest = min(min(layer.base_layer.weight.shape)
-                           for layer in self._layers_holding(adapters[0]))
-            if new_rank > smallest:
-                raise ValueError(f"the linear combination has rank Σ rᵢ = {new_rank}, more than "
-                                 f"min(d_out, d_in) = {smallest}; use combination='svd' with "
-                                 f"rank ≤ {smallest}")
-        else:
-            new_rank = max(c.r for c in configs) if rank is None else rank
+        configs = self._check_combination(adapters, weights, adapter_name, combination,
+                                          svd_clamp)
+        new_rank = self._combined_rank(adapters, combination, rank)
         # Scale 1: α = r (plain LoRA scaling) so the stored factors carry all of ΔW.
         new_config = replace(configs[0], r=new_rank, alpha=new_rank, use_rslora=False,
                              dropout=0.0)
         self.add_adapter(adapter_name, new_config)
+        factors = {"cat": self._cat_factors, "linear": self._linear_factors}
         with torch.no_grad():
             for layer in self._layers_holding(adapter_name):
-                if combination == "linear":
-                    B, A = self._linear_factors(layer, adapters, weights)
+                if combination == "svd":
+                    B, A = self._svd_factors(layer, adapters, weights, new_rank, svd_clamp)
                 else:
-                    B, A = self._svd_factors(layer, adapters, weights, new_rank)
+                    B, A = factors[combination](layer, adapters, weights)
                 layer.lora_B[adapter_name].copy_(B)
                 layer.lora_A[adapter_name].copy_(A)
 
-    def _check_combination(self, adapters, weights, adapter_name, combination):
-        if combination not in ("linear", "svd"):
-            raise ValueError(f"combination={combination!r}; choose 'linear' or 'svd'")
+    def _check_combination(self, adapters, weights, adapter_name, combination, svd_clamp):
+        if combination not in COMBINATIONS:
+            raise ValueError(f"combination={combination!r}; choose one of {list(COMBINATIONS)}")
+        if svd_clamp is not None and (combination != "svd" or not 0 < svd_clamp <= 1):
+            raise ValueError(f"svd_clamp={svd_clamp!r}: give a quantile in (0, 1], and only "
+                             "with combination='svd' (or leave it None)")
         if not adapters or len(adapters) != len(weights):
             raise ValueError(f"need one weight per adapter: got {len(adapters)} adapters and "
                              f"{len(weights)} weights")
@@ -348,21 +362,52 @@ class LoraModel(PeftModel):
             raise ValueError(f"an adapter named {adapter_name!r} exists already")
         return [self.configs[name] for name in adapters]
 
+    def _combined_rank(self, adapters: list[str], combination: str, rank: int | None) -> int:
+        ranks = [self.configs[name].r for name in adapters]
+        if combination != "svd" and rank is not None:
+            raise ValueError(f"rank={rank} is for combination='svd'; {combination!r} has rank "
+                             "Σ rᵢ (cat) or r (linear)")
+        if combination == "linear":
+            if len(set(ranks)) > 1:
+                raise ValueError(f"combination='linear' adds the A's and the B's, so every "
+                                 f"adapter needs the same r (got {ranks}); use 'cat' or 'svd'")
+            return ranks[0]
+        if combination == "svd":
+            return max(ranks) if rank is None else rank
+        smallest = min(min(layer.base_layer.weight.shape)
+                       for layer in self._layers_holding(adapters[0]))
+        if sum(ranks) > smallest:
+            raise ValueError(f"the 'cat' combination has rank Σ rᵢ = {sum(ranks)}, more than "
+                             f"min(d_out, d_in) = {smallest}; use combination='svd' with "
+                             f"rank ≤ {smallest}")
+        return sum(ranks)
+
     @staticmethod
-    def _linear_factors(layer: LoraLayer, adapters, weights):
-        B = torch.cat([w * layer.scaling[n] * layer.lora_B[n]
-                       for n, w in zip(adapters, weights)], dim=1)  # (d, Σ rᵢ)
-        A = torch.cat([layer.lora_A[n] for n in adapters], dim=0)  # (Σ rᵢ, k)
+    def _cat_factors(layer: LoraLayer, adapters, weights):
+        A = torch.cat([w * layer.scaling[n] * layer.lora_A[n]
+                       for n, w in zip(adapters, weights)], dim=0)  # (Σ rᵢ, k)
+        B = torch.cat([layer.lora_B[n] for n in adapters], dim=1)  # (d, Σ rᵢ)
         return B, A
 
     @staticmethod
-    def _svd_factors(layer: LoraLayer, adapters, weights, rank: int):
+    def _linear_factors(layer: LoraLayer, adapters, weights):
+        A, B = 0, 0
+        for n, w in zip(adapters, weights):
+            c = w * layer.scaling[n]  # cᵢ = wᵢ sᵢ, split as √|cᵢ| on each side
+            A = A + math.copysign(math.sqrt(abs(c)), c) * layer.lora_A[n]  # (r, k)
+            B = B + math.sqrt(abs(c)) * layer.lora_B[n]  # (d, r)
+        return B, A
+
+    @staticmethod
+    def _svd_factors(layer: LoraLayer, adapters, weights, rank: int, clamp: float | None):
         delta = sum(w * layer.scaling[n] * (layer.lora_B[n] @ layer.lora_A[n])
                     for n, w in zip(adapters, weights))  # Σ wᵢ ΔWᵢ: (d, k)
         U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)  # ΔW = U diag(S) Vh
-        root = S[:rank].sqrt()  # split √σ to each side so B and A have similar norms
-        B = U[:, :rank] * root  # (d, rank)
-        A = root[:, None] * Vh[:rank]  # (rank, k)
+        B = U[:, :rank] * S[:rank]  # U_r diag(σ): (d, rank)
+        A = Vh[:rank]  # V_rᵀ: (rank, k)
+        if clamp is not None:  # clip outlying entries (kohya-ss' svd_merge_lora, as peft)
+            bound = torch.quantile(torch.cat([B.flatten(), A.flatten()]), clamp)
+            B, A = B.clamp(-bound, bound), A.clamp(-bound, bound)
         return B.to(delta.dtype), A.to(delta.dtype)
 
     # --- saving and loading -------------------------------------------------------------
@@ -403,19 +448,60 @@ class LoraModel(PeftModel):
 # --------------------------------------------------------------------------------------
 # LoRA+
 # --------------------------------------------------------------------------------------
-def loraplus_param_groups(model: LoraModel, lr: float, ratio: float = 16.0) -> list[dict]:
+# Which LoRA+ rate each trainable tensor of the LoRA family gets. peft's
+# create_loraplus_optimizer gives ratio · lr to lora_B and to every 1-D tensor and lr to the
+# rest; each tensor here gets the rate peft gives its counterpart.
+LORAPLUS_B_SIDE = {
+    "lora_B": "B (d_out, r)",
+    "lora_magnitude": "DoRA's magnitude m (d_out,): peft's lora_magnitude_vector, 1-D",
+    "lora_log_lambda": "MonteCLoRA's log Λ (r,): 1-D",
+    "lora_log_alpha": "MonteCLoRA's Dirichlet log α (N,): 1-D",
+    "P": "AdaLoRA's left vectors P (d_out, r): peft's lora_B",
+}
+LORAPLUS_A_SIDE = {
+    "lora_A": "A (r, d_in); MonteCLoRA's mean μ",
+    "Q": "AdaLoRA's right vectors Q (r, d_in): peft's lora_A",
+    "lambda_": "AdaLoRA's λ (r,): peft stores it as lora_E of shape (r, 1), not 1-D",
+}
+
+
+def loraplus_param_groups(model: PeftModel, lr: float, ratio: float = 16.0) -> list[dict]:
     """AdamW groups for LoRA+ (Hayou et al., 2024): lr_A = lr, lr_B = ratio · lr.
 
     With B = 0 at init and wide layers, equal rates make B learn too slowly relative to A;
-    a larger rate for B (λ = ratio ≈ 16) fixes that. Only the active adapter's A and B.
+    a larger rate for B (λ = ratio ≈ 16) fixes that. Every trainable tensor of the active
+    adapter lands in exactly one of the two groups, for every LoRA-family method (LoRA,
+    rsLoRA, DoRA, QLoRA, MonteCLoRA, AdaLoRA), as peft's `create_loraplus_optimizer(model,
+    optimizer_cls, lr=lr, loraplus_lr_ratio=ratio)` groups them: lora_B and the 1-D tensors
+    at ratio · lr, the rest at lr (see LORAPLUS_B_SIDE / LORAPLUS_A_SIDE). peft also sets
+    each group's weight decay (loraplus_weight_decay, default 0); here the optimizer's own
+    weight_decay applies.
     """
     if ratio <= 0 or lr <= 0:
         raise ValueError(f"lr and ratio must be positive, got lr={lr}, ratio={ratio}")
-    a_params, b_params = [], []
-    for _, layer in model.lora_layers():
-        if layer.active_adapter is not None:
-            a_params.append(layer.A)
-            b_params.append(layer.B)
-    if not a_params:
-        raise ValueError("the model has no active LoRA adapter to build LoRA+ groups for")
-    return [{"params": a_params, "lr": lr}, {"params": b_params, "lr": ratio * lr}]
+    a_side, b_side = [], []
+    for role, tensor in active_adapter_tensors(model):
+        if role in LORAPLUS_B_SIDE:
+            b_side.append(tensor)
+        elif role in LORAPLUS_A_SIDE:
+            a_side.append(tensor)
+    grouped = {id(p) for p in a_side + b_side}
+    left_out = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
+    if left_out:
+        raise ValueError(f"LoRA+ has no learning rate for the trainable tensors {left_out}: "
+                         "it is defined for the LoRA family (LoRA, DoRA, QLoRA, MonteCLoRA, "
+                         "AdaLoRA); freeze them, or build the parameter groups by hand")
+    if not grouped:
+        raise ValueError("the model has no active LoRA-family adapter to build LoRA+ groups for")
+    return [{"params": a_side, "lr": lr}, {"params": b_side, "lr": ratio * lr}]
+
+
+def active_adapter_tensors(model: PeftModel) -> list[tuple[str, nn.Parameter]]:
+    """(role, tensor) of every trainable adapter tensor, role = its name in the layer."""
+    found = []
+    for _, layer in model.tuner_layers():
+        if isinstance(layer, LoraLayer) and layer.active_adapter is not None:
+            found += layer.adapter_tensors(layer.active_adapter).items()
+        elif isinstance(layer, AdaLoraLayer):
+            found += layer.svd_parameters().items()
+    return [(role, p) for role, p in found if p.requires_grad]

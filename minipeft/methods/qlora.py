@@ -7,11 +7,12 @@ full precision (fp32 here) trains on top:
 
 Three ingredients from the paper, each a small function below:
 
-1. NF4, the 4-bit NormalFloat data type (`nf4_levels`). Pretrained weights are roughly
-   N(0, σ²) inside a block, so the 16 levels are quantiles of N(0, 1): each level then
-   carries the same share of the weights. The paper's asymmetric construction gives an exact
-   zero: 8 positive quantiles, 7 negative ones and 0, all divided by the largest so they
-   lie in [−1, 1].
+1. NF4, the 4-bit NormalFloat data type (`NF4`, the table published with the paper).
+   Pretrained weights are roughly N(0, σ²) inside a block, so the 16 levels are quantiles
+   of N(0, 1): each level then carries the same share of the weights. The paper's
+   asymmetric construction gives an exact zero: 8 positive quantiles, 7 negative ones and
+   0, all divided by the largest so they lie in [−1, 1] (`nf4_levels_from_quantiles`
+   derives them; the code runs with the published table, which it matches to 2e-7).
 2. Block-wise absmax quantisation (block of 64 numbers): per block one constant
    c = max|w|; a weight is stored as the index of the NF4 level nearest to w / c.
    Two 4-bit indices are packed into one byte (uint8).
@@ -21,11 +22,15 @@ Three ingredients from the paper, each a small function below:
 
        4 + 8/64 + 32/(64·256) ≈ 4.127 bits       (plain absmax: 4 + 32/64 = 4.5 bits)
 
-   plus one fp32 mean per tensor (32/N bits, negligible for large N).
+   plus one fp32 mean per tensor (32/N bits, negligible for large N). The 8-bit code is
+   the paper's 8-bit float (`double_quant_code="dynamic"`, bitsandbytes' dynamic data type,
+   the default) or, to compare, plain symmetric integers k/127 (`"int8"`).
 
-Simplification (stated, so students can compare with the paper): the paper stores the
-second-level constants as 8-bit *floats*; we use symmetric 8-bit integers (round(127·x/max|x|)),
-which cost the same 8 bits and are easier to read.
+The 4-bit codes and the absmax constants are bit-identical to bitsandbytes'
+`quantize_4bit(..., quant_type="nf4")` (same table, same decision thresholds, same
+arithmetic), and so are the second-level codes to its nearest-level kernel (the PyTorch and
+CUDA ones; its native CPU kernel rounds through a 65,536-entry lookup table and picks
+another level for about 0.3% of the constants).
 
 Trainable parameters per target matrix: r (d_in + d_out), as in LoRA; the quantised base
 (the whole of every block's q, k, v, o, fc, proj) has none.
@@ -47,10 +52,18 @@ ALL_BLOCK_LINEARS = list(BLOCK_MODULES)  # q k v o fc proj: what QLoRA quantises
 
 
 # --------------------------------------------------------------------------------------
-# The two 4-bit code books
+# The code books: NF4 and int4 (4 bits), dynamic and int8 (the 8-bit second level)
 # --------------------------------------------------------------------------------------
-def nf4_levels() -> torch.Tensor:
-    """The 16 NF4 levels (sorted, in [−1, 1], with an exact 0), as in Dettmers et al. 2023.
+# Dettmers et al. (2023), Appendix E (the table bitsandbytes ships): the 16 NF4 levels.
+NF4_TABLE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+             -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+             0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+             0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+             0.7229568362236023, 1.0)
+
+
+def nf4_levels_from_quantiles() -> torch.Tensor:
+    """Where the NF4 table comes from: quantiles of N(0, 1), as in Dettmers et al. 2023.
 
     Quantiles q = Φ⁻¹(p) of the standard normal at evenly spaced probabilities p:
       positive half: 8 values, p from 0.5 (excluded, that is 0) up to p_max;
@@ -58,7 +71,10 @@ def nf4_levels() -> torch.Tensor:
     then divide by the largest |q| so the extremes are exactly ±1.
     p_max cannot be 1 (Φ⁻¹(1) = ∞). With p_max = 1 − ½(1/(2·16) + 1/(2·15)) ≈ 0.9677, the
     mean of the outermost bin centres for 16 and for 15 equal-probability bins (the value
-    bitsandbytes uses), the result matches the paper's published table to ~1e-7.
+    bitsandbytes uses), the result is the published table to within 2e-7 (torch's Φ⁻¹ in
+    float64, rounded to float32, against the paper's scipy values). That is enough to move
+    a decision threshold past a few weights (2 codes of 2,359,296 on a 768×3072 Gaussian
+    weight differ from bitsandbytes), so the quantiser runs with the table.
     """
     p_max = 1 - 0.5 * (1 / (2 * 16) + 1 / (2 * 15))
     positive = torch.special.ndtri(torch.linspace(0.5, p_max, 9, dtype=torch.float64)[1:])
@@ -72,8 +88,35 @@ def int4_levels() -> torch.Tensor:
     return torch.arange(-7, 8, dtype=torch.float32) / 7
 
 
-NF4 = nf4_levels()
+def dynamic_levels() -> torch.Tensor:
+    """The 256 levels of the signed 8-bit dynamic data type (Dettmers, 2016), in [−1, 1].
+
+    QLoRA's second level is an "8-bit float" (Dettmers et al. 2023, section 3); bitsandbytes
+    stores it in this code (its `create_dynamic_map()`), built the same way here. Like a
+    float it has a sign, an exponent and a fraction, but the exponent is a power of ten
+    and takes as many bits as it needs: the magnitudes are the centres of 2^i equal bins of
+    [0.1, 1] · 10^(i−6) for i = 0..6 (1 level in [10⁻⁶, 10⁻⁵], 2 in the next decade, … 64
+    in [0.1, 1]), each with both signs, plus 0 and 1. Its step is 0.014 near ±1 but
+    0.0028 in [0.01, 0.1] and finer below, where k/127 has 1/127 ≈ 0.008 everywhere: the
+    dynamic code is coarser for values near the group's maximum and much finer for the
+    small ones, which is what a group with one outlier block consists of.
+    """
+    levels = [0.0, 1.0]
+    for i in range(7):
+        edges = torch.linspace(0.1, 1, 2 ** i + 1, dtype=torch.float32)  # 2^i equal bins
+        magnitudes = 10 ** (i - 6) * (edges[:-1] + edges[1:]) / 2  # their centres · 10^(i−6)
+        levels += magnitudes.tolist() + (-magnitudes).tolist()
+    return torch.tensor(sorted(levels), dtype=torch.float32)  # (256,)
+
+
+def int8_levels() -> torch.Tensor:
+    """The simple second-level code: symmetric 8-bit integers k/127, k = −127..127."""
+    return torch.arange(-127, 128, dtype=torch.float32) / 127
+
+
+NF4 = torch.tensor(NF4_TABLE, dtype=torch.float32)
 INT4 = int4_levels()
+SECOND_LEVEL_CODES = {"dynamic": dynamic_levels(), "int8": int8_levels()}
 
 
 # --------------------------------------------------------------------------------------
@@ -117,6 +160,26 @@ def check_divides(numel: int, block_size: int, what: str = "weight") -> None:
                          f"(QLoRA uses 64)")
 
 
+# bitsandbytes' floor for a block constant: an all-zero block is divided by this instead
+# of by 0, and its codes are those of 0.
+SMALLEST_ABSMAX = 1e-38
+
+
+def absmax_quantize(blocks: torch.Tensor, levels: torch.Tensor):
+    """Per row of `blocks`: c = max|w| and, per entry, the index of the level nearest to w / c.
+
+    `levels` is a sorted code book in [−1, 1]. The decision thresholds are the midpoints
+    between neighbouring levels; a value exactly on one takes the lower level. w / c is
+    computed as w · (1/c), which can differ from w / c in the last bit: that is how
+    bitsandbytes computes it, so ties break the same way and the codes are identical.
+    Returns (codes (n_blocks, block) int64, absmax (n_blocks,) fp32).
+    """
+    absmax = blocks.abs().amax(dim=1)  # c_b = max |w| in block b: (n_blocks,)
+    normalised = blocks * (1.0 / absmax.clamp(min=SMALLEST_ABSMAX))[:, None]  # ∈ [−1, 1]
+    thresholds = (levels[1:] + levels[:-1]) / 2  # midpoints between neighbouring levels
+    return torch.bucketize(normalised, thresholds), absmax  # lower level on a tie
+
+
 def quantize_4bit(weight: torch.Tensor, levels: torch.Tensor,
                   block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-wise absmax quantisation to the nearest of `levels` (a sorted code book in [−1, 1]).
@@ -126,10 +189,7 @@ def quantize_4bit(weight: torch.Tensor, levels: torch.Tensor,
     check_block_size(block_size)
     check_divides(weight.numel(), block_size)
     blocks = weight.detach().float().reshape(-1, block_size)  # (n_blocks, block_size)
-    absmax = blocks.abs().amax(dim=1)  # c_b = max |w| in block b: (n_blocks,)
-    normalised = blocks / nonzero(absmax)[:, None]  # w / c_b ∈ [−1, 1]
-    boundaries = (levels[1:] + levels[:-1]) / 2  # midpoints between neighbouring levels
-    codes = torch.bucketize(normalised, boundaries)  # index of the nearest level: (n_blocks, B)
+    codes, absmax = absmax_quantize(blocks, levels)
     return pack_4bit(codes.flatten()), absmax
 
 
@@ -158,34 +218,38 @@ def dequantize_int4(packed, absmax, shape, block_size: int = 64) -> torch.Tensor
     return dequantize_4bit(packed, absmax, INT4, shape, block_size)
 
 
-def nonzero(scale: torch.Tensor) -> torch.Tensor:
-    """An all-zero block has scale 0; divide by 1 instead (its codes then decode to 0)."""
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
 # --------------------------------------------------------------------------------------
 # Double quantisation of the absmax constants
 # --------------------------------------------------------------------------------------
-def double_quantize(absmax: torch.Tensor, block_size: int = 256):
+def check_double_quant_code(code: str) -> None:
+    if code not in SECOND_LEVEL_CODES:
+        raise ValueError(f"double_quant_code={code!r} is unknown; choose 'dynamic' (the "
+                         "paper's 8-bit float, as bitsandbytes) or 'int8' (k/127)")
+
+
+def double_quantize(absmax: torch.Tensor, block_size: int = 256, code: str = "dynamic"):
     """8-bit quantisation of the first-level constants, mean-centred, in blocks of 256.
 
-    c ≈ mean + code/127 · s_g,  code ∈ int8 (−127..127), s_g = max|c − mean| in group g.
-    Returns (codes (n,) int8, scales (⌈n/256⌉,) fp32, mean () fp32). The last group may be
+    c ≈ mean + levels[code] · s_g,  s_g = max|c − mean| in group g, levels = the 8-bit code
+    book named by `code` ("dynamic" or "int8"), nearest level as in the first level.
+    Returns (codes (n,) uint8, scales (⌈n/256⌉,) fp32, mean () fp32). The last group may be
     shorter than 256 when n is not a multiple (only small models; the cost formula assumes
     full groups).
     """
     check_positive_int(block_size, "double_quant_block_size")
+    check_double_quant_code(code)
     mean = absmax.mean()
     groups = padded_groups(absmax - mean, block_size)  # (n_groups, 256), zero-padded
-    scales = groups.abs().amax(dim=1)  # s_g: (n_groups,)
-    codes = torch.round(groups / nonzero(scales)[:, None] * 127).to(torch.int8)
-    return codes.flatten()[: absmax.numel()], scales, mean
+    codes, scales = absmax_quantize(groups, SECOND_LEVEL_CODES[code])  # s_g: (n_groups,)
+    return codes.to(torch.uint8).flatten()[: absmax.numel()], scales, mean
 
 
 def double_dequantize(codes: torch.Tensor, scales: torch.Tensor, mean: torch.Tensor,
-                      block_size: int = 256) -> torch.Tensor:
-    groups = padded_groups(codes.float(), block_size)  # (n_groups, 256)
-    return (groups / 127 * scales[:, None]).flatten()[: codes.numel()] + mean
+                      block_size: int = 256, code: str = "dynamic") -> torch.Tensor:
+    """ĉ = levels[code] · s_g + mean, (n,) fp32."""
+    check_double_quant_code(code)
+    levels = SECOND_LEVEL_CODES[code][padded_groups(codes.long(), block_size)]  # (n_groups, 256)
+    return (levels * scales[:, None]).flatten()[: codes.numel()] + mean
 
 
 def padded_groups(values: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -202,21 +266,25 @@ class Linear4bit(nn.Module):
 
     Everything is a buffer, nothing trains: the quantised base is frozen by construction.
     Buffers: codes (d_out·d_in/2,) uint8; with double quantisation absmax_codes (n_blocks,)
-    int8, absmax_scales (n_groups,) fp32, absmax_mean () fp32, else absmax (n_blocks,) fp32;
-    bias (d_out,) fp32 kept in full precision, as in QLoRA.
+    uint8 (indices into the 8-bit code `double_quant_code`), absmax_scales (n_groups,) fp32,
+    absmax_mean () fp32, else absmax (n_blocks,) fp32; bias (d_out,) fp32 kept in full
+    precision, as in QLoRA.
     """
 
     def __init__(self, linear: nn.Linear, block_size: int = 64, double_quant: bool = True,
-                 double_quant_block_size: int = 256):
+                 double_quant_block_size: int = 256, double_quant_code: str = "dynamic"):
         super().__init__()
+        check_double_quant_code(double_quant_code)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.block_size = block_size
         self.double_quant = double_quant
         self.double_quant_block_size = double_quant_block_size
+        self.double_quant_code = double_quant_code
         codes, absmax = quantize_nf4(linear.weight, block_size)
         self.register_buffer("codes", codes)
         if double_quant:
-            absmax_codes, scales, mean = double_quantize(absmax, double_quant_block_size)
+            absmax_codes, scales, mean = double_quantize(absmax, double_quant_block_size,
+                                                         double_quant_code)
             self.register_buffer("absmax_codes", absmax_codes)
             self.register_buffer("absmax_scales", scales)
             self.register_buffer("absmax_mean", mean)
@@ -228,7 +296,7 @@ class Linear4bit(nn.Module):
     def block_absmax(self) -> torch.Tensor:
         if self.double_quant:
             return double_dequantize(self.absmax_codes, self.absmax_scales, self.absmax_mean,
-                                     self.double_quant_block_size)
+                                     self.double_quant_block_size, self.double_quant_code)
         return self.absmax
 
     def dequantize(self) -> torch.Tensor:
@@ -255,8 +323,9 @@ class Linear4bit(nn.Module):
         return 8 * self.weight_nbytes() / (self.in_features * self.out_features)
 
     def extra_repr(self) -> str:
+        second = f" ({self.double_quant_code})" if self.double_quant else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, NF4 "
-                f"block={self.block_size}, double_quant={self.double_quant}")
+                f"block={self.block_size}, double_quant={self.double_quant}{second}")
 
 
 def quantization_error(weight: torch.Tensor, block_size: int = 64) -> dict[str, float]:
@@ -285,6 +354,8 @@ class QLoraConfig(LoraConfig):
 
     block_size: weights per absmax block (64 in the paper); must divide every weight's size.
     double_quant: quantise the absmax constants too (8 bit, blocks of double_quant_block_size).
+    double_quant_code: the 8-bit code of that second level: "dynamic" (the paper's 8-bit
+    float, bitsandbytes' dynamic data type) or "int8" (symmetric integers k/127).
     Every Linear in every block (q k v o fc proj) is quantised, whatever target_modules says:
     QLoRA freezes the whole base in 4 bits and puts LoRA on (by default) all of them.
     """
@@ -294,11 +365,15 @@ class QLoraConfig(LoraConfig):
     block_size: int = 64
     double_quant: bool = True
     double_quant_block_size: int = 256
+    double_quant_code: str = "dynamic"
 
     def __post_init__(self):
         super().__post_init__()
         check_block_size(self.block_size)
         check_positive_int(self.double_quant_block_size, "double_quant_block_size")
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"double_quant must be True or False, got {self.double_quant!r}")
+        check_double_quant_code(self.double_quant_code)
 
 
 PRESETS = {
@@ -320,7 +395,7 @@ class QLoraLayer(LoraLayer):
                 "which returns an fp32 model with Ŵ₀ + ΔW")
 
 
-QUANT_FIELDS = ("block_size", "double_quant", "double_quant_block_size")
+QUANT_FIELDS = ("block_size", "double_quant", "double_quant_block_size", "double_quant_code")
 
 
 @register_method(QLoraConfig)
@@ -344,7 +419,7 @@ class QLoraModel(LoraModel):
         super().inject(config, adapter_name)  # wraps the targets in QLoraLayers
         if first:
             quantize_model(self.base_model, config.block_size, config.double_quant,
-                           config.double_quant_block_size)
+                           config.double_quant_block_size, config.double_quant_code)
 
     def check_same_quantization(self, config: QLoraConfig) -> None:
         """A second adapter shares the already quantised base, so it must ask for the same."""
@@ -388,14 +463,15 @@ def block_linears(model: GPT) -> list[tuple[str, nn.Linear]]:
 
 
 def quantize_model(model: GPT, block_size: int = 64, double_quant: bool = True,
-                   double_quant_block_size: int = 256) -> GPT:
+                   double_quant_block_size: int = 256, double_quant_code: str = "dynamic") -> GPT:
     """Replace every block Linear by its Linear4bit, in place (inside a wrapper if wrapped)."""
     check_block_size(block_size)
     linears = block_linears(model)
     for name, linear in linears:  # check every size before changing anything
         check_divides(linear.weight.numel(), block_size, f"weight of {name}")
     for name, linear in linears:
-        quantized = Linear4bit(linear, block_size, double_quant, double_quant_block_size)
+        quantized = Linear4bit(linear, block_size, double_quant, double_quant_block_size,
+                               double_quant_code)
         module = model.get_submodule(name)
         if isinstance(module, TunerLayer):
             module.base_layer = quantized
@@ -440,8 +516,8 @@ def bits_per_parameter_formula(block_size: int = 64, double_quant: bool = True,
     return 4 + 32 / block_size
 
 
-__all__ = ["QLoraConfig", "QLoraModel", "QLoraLayer", "Linear4bit", "nf4_levels",
-           "int4_levels", "pack_4bit", "unpack_4bit", "quantize_nf4", "dequantize_nf4",
+__all__ = ["QLoraConfig", "QLoraModel", "QLoraLayer", "Linear4bit", "NF4", "NF4_TABLE",
+           "nf4_levels_from_quantiles", "int4_levels", "dynamic_levels", "int8_levels", "pack_4bit", "unpack_4bit", "quantize_nf4", "dequantize_nf4",
            "quantize_int4", "dequantize_int4", "double_quantize", "double_dequantize",
            "quantization_error", "storage_bytes", "qlora_memory", "quantize_model",
            "bits_per_parameter_formula", "PRESETS"]
