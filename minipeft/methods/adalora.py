@@ -2,7 +2,7 @@
 
 LoRA gives every matrix the same rank; AdaLoRA starts every matrix at `init_r` and prunes
 the least important directions until the *total* rank meets a budget, so important
-matrices keep more (lecture 004_5391813694bbfed5.txt). The update is written like an SVD:
+matrices keep more (Zhang et al., 2023, §3). The update is written like an SVD:
 
     W = W₀ + (α/r) · P Λ Q       P ∈ ℝ^{d_out×r}, Λ = diag(λ₁..λ_r), Q ∈ ℝ^{r×d_in}
 

@@ -16,8 +16,8 @@ W_up and b_up start at zero, so A(h) = 0 and the wrapped model computes exactly 
 pretrained one does ("near-identity initialisation", Houlsby et al.); W_down starts small
 and random so that W_up receives a gradient from the first step.
 
-Placements in our pre-LayerNorm GPT (x is the residual stream; lecture
-001_682f0cabf7ee5461.txt has the same table):
+Placements in our pre-LayerNorm GPT (x is the residual stream; the lecture "Parameter
+Efficient Fine Tuning: Blazing fast fine-tuning!" tables the same placements):
 
     houlsby   x ← x + [y + s·A(y)], y = Attn(LN₁ x);  x ← x + [y + s·A(y)], y = MLP(LN₂ x)
     pfeiffer  the adapter after the MLP only
@@ -34,8 +34,8 @@ L'·(2dm + m + d); io 2·(2dm + m + d).
 
 Unlike LoRA, an adapter has a non-linearity σ between its two matrices, so it cannot be
 folded into the frozen weights: it stays in the network and costs a little time at
-inference (lecture 004_5391813694bbfed5.txt: "Increase in inference time due to additional
-layers").
+inference (Rücklé et al., 2021, "AdapterDrop", measure the slowdown; T. Chakraborty's
+lecture "Parameter-Efficient Fine-Tuning (PEFT)" lists it among adapters' drawbacks).
 """
 from __future__ import annotations
 

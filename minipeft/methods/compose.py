@@ -10,8 +10,8 @@ chosen by a gradient-free search on the few-shot loss with an L1 penalty,
 
     w* = argmin_w  L_few-shot(W₀ + ΔW(w)) + λ Σᵢ |wᵢ|,     wᵢ ∈ [−1.5, 1.5],
 
-(lecture 000_88beacee8ee83b23.txt, "Efficient Cross-Task Generalization via Dynamic LoRA
-Composition"). Only forward passes are needed, so the search is cheap in memory.
+(Huang et al., 2023, "LoraHub: Efficient Cross-Task Generalization via Dynamic LoRA
+Composition", §3). Only forward passes are needed, so the search is cheap in memory.
 
 Trainable parameters: N (the weights w), none by back-propagation. The composed adapter is
 built through `LoraModel.add_weighted_adapter(..., combination="cat")`: the factors are

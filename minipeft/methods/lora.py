@@ -5,12 +5,13 @@ A frozen weight W₀ ∈ ℝ^{d×k} (d = d_out, k = d_in) gets a trainable low-r
     h = W₀x + ΔW x = W₀x + (α/r) · B A x,      B ∈ ℝ^{d×r},  A ∈ ℝ^{r×k},  r ≪ min(d, k)
 
 A starts random (Kaiming-uniform, or Gaussian), B starts at zero, so ΔW = 0 and the model
-begins exactly at the pretrained one (lecture 004_5391813694bbfed5.txt). Training computes
+begins exactly at the pretrained one (Hu et al., 2021, §4.1). Training computes
 the update as x Aᵀ Bᵀ, two thin matrix products; the dense d×k matrix ΔW = (α/r) B A is
 built only to merge it into W₀ (W ← W₀ + ΔW: no extra inference cost) or to analyse it.
 
 Trainable parameters per target matrix:  r (d + k)  =  r (d_in + d_out).
-Example from lecture 002_c43aa94152dfb197.txt: W₀ ∈ ℝ^{512×64}, r = 8 → 8·(512 + 64) = 4,608
+Example from the course "Generative AI with Large Language Models", lecture 4
+("Parameter-efficient fine-tuning"): W₀ ∈ ℝ^{512×64}, r = 8 → 8·(512 + 64) = 4,608
 trainable numbers instead of 32,768 (an 86% reduction).
 
 Variants in this file:
@@ -84,7 +85,8 @@ class LoraConfig(PeftConfig):
 PRESETS = {
     "lora": lambda: LoraConfig(r=8, alpha=16, target_modules=["q", "v"]),
     "rslora": lambda: LoraConfig(r=8, alpha=16, target_modules=["q", "v"], use_rslora=True),
-    # "LoRA without regret" (lecture 004_5391813694bbfed5.txt): every matrix, MLP included.
+    # Every matrix, MLP included ("LoRA Without Regret", Schulman et al., Thinking Machines
+    # Lab, 2025; Dettmers et al., 2023, §4).
     "lora_all": lambda: LoraConfig(r=8, alpha=16,
                                    target_modules=["q", "k", "v", "o", "fc", "proj"]),
 }

@@ -1,7 +1,8 @@
 """MonteCLoRA: Bayesian re-parameterisation of LoRA (Sengupta et al., TMLR 2025).
 
 LoRA is sensitive to learning rate and batch size. MonteCLoRA makes the LoRA matrix A
-stochastic during training (lecture 004_5391813694bbfed5.txt, whose notation we follow):
+stochastic during training (Sengupta et al., 2025, whose notation we follow, as does
+T. Chakraborty's lecture "Parameter-Efficient Fine-Tuning (PEFT)"):
 
 * each column of A is a mixture of Gaussians with a learnable mean μ and covariance Σ;
 * Σ is sampled from a Wishart distribution with a learnable prior Λ;
