@@ -1,9 +1,9 @@
 """minipeft: parameter-efficient fine-tuning from scratch, for teaching.
 
-    from minipeft import load_pretrained, get_peft_model, LoraConfig, train
+    from minipeft import load_pretrained, get_peft_model, LoraConfig, learning_rate, train
     model = load_pretrained("small")
     peft = get_peft_model(model, LoraConfig(r=8, alpha=16, target_modules=["q", "v"]))
-    train(peft, task="sentiment", steps=150)
+    train(peft, task="sentiment", steps=150, lr=learning_rate("lora"))
 """
 from minipeft.methods import *  # noqa: F401,F403  (every Config, get_peft_model, PRESETS)
 from minipeft.methods import __all__ as _method_names

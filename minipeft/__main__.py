@@ -73,7 +73,7 @@ def check_save_path(path: Path, peft_type: str) -> None:
 def cmd_finetune(args) -> None:
     from minipeft.methods import learning_rate
     from minipeft.tasks import chance_baseline, get_task
-    from minipeft.train import evaluate_task, train
+    from minipeft.train import answer_loss, evaluate_task, train
 
     get_task(args.task)  # an unknown task fails here, before the model is built
     torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
@@ -83,12 +83,17 @@ def cmd_finetune(args) -> None:
     print(f"{args.method} on {args.size}: ", end="")
     model.print_trainable_parameters()
     before = evaluate_task(model, args.task, "validation", limit=args.eval_limit)
+    loss_before = answer_loss(model, args.task, "validation", limit=args.eval_limit)
     lr = learning_rate(args.method) if args.lr is None else args.lr
     result = train(model, args.task, steps=args.steps, lr=lr, batch_size=args.batch_size,
                    eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet,
                    **checkpointing(args))
-    print(f"validation {args.task}: before {before:.3f} → after {result.final_metric:.3f} "
-          f"(chance {chance_baseline(args.task):.3f}) in {result.seconds:.1f}s at lr {lr:g}")
+    loss_after = answer_loss(model, args.task, "validation", limit=args.eval_limit)
+    metric = get_task(args.task).metric
+    print(f"validation {args.task}, {metric}: before {before:.3f} → after "
+          f"{result.final_metric:.3f} (chance {chance_baseline(args.task):.3f}); answer loss "
+          f"{loss_before:.3f} → {loss_after:.3f}; {args.steps} steps in {result.seconds:.1f}s "
+          f"at lr {lr:g}")
     if args.save:
         print("adapter saved to", model.save_pretrained(args.save))
 

@@ -49,7 +49,8 @@ def test_finetune_prints_the_validation_metric(capsys):
     assert main(["finetune", "--task", "sentiment", "--method", "lora", "--steps", "40",
                  "--eval-limit", "50", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "trainable" in out and "validation sentiment: before" in out
+    assert "trainable" in out and "validation sentiment, accuracy: before" in out
+    assert "answer loss" in out
 
 
 @pytest.mark.parametrize("argv, rate", [
