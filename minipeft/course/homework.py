@@ -83,6 +83,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from minipeft.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[2]
 MASTER_DIR = REPO / "notebooks" / "homework"
 DEFAULT_OUT = REPO / "build" / "homework"
@@ -925,14 +927,6 @@ def first_problem(exercise: Exercise, outputs: list, expected: list, chosen) -> 
     return ""
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp",
-                                     encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def grade(homework: str, submissions: list[str | Path], out: str | Path = DEFAULT_OUT / "grades",
           timeout: float = DEFAULT_TIMEOUT, jobs: int = 1, progress: bool = True) -> list[dict]:
     """Grade notebooks; write OUT/<stem>/results.json and OUT/summary.csv. Returns the results."""
@@ -963,7 +957,7 @@ def grade(homework: str, submissions: list[str | Path], out: str | Path = DEFAUL
         for stem, result in tqdm(zip(stems, pool.map(one, notebooks)), total=len(paths),
                                  desc=f"grading {homework}", unit="submission",
                                  disable=not progress):
-            write_atomic(out / stem / "results.json", json.dumps(result, indent=1))
+            atomic_write_text(out / stem / "results.json", json.dumps(result, indent=1))
             results.append(result)
     write_summary(out / "summary.csv", stems, results, list(table))
     return results
@@ -987,7 +981,7 @@ def write_summary(path: Path, stems: list[str], results: list[dict], questions: 
             per_question[test["name"].split()[0]] += test["score"]
         status = result["output"].splitlines()[0].removeprefix("status: ")
         writer.writerow([stem, result["score"], *(per_question[q] for q in questions), status])
-    write_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 # ======================================================================================
@@ -1019,7 +1013,7 @@ def build(out: str | Path = DEFAULT_OUT, homeworks: list[str] | None = None) -> 
             student = Path(tmp, "student", master.name)
             [zip_path] = Path(tmp, "autograder").glob("*.zip")
             target = out / hw
-            write_atomic(target / "student" / f"{hw}.ipynb", student.read_text())
+            atomic_write_text(target / "student" / f"{hw}.ipynb", student.read_text())
             written.append(target / "student" / f"{hw}.ipynb")
             written.append(add_minipeft(zip_path, target / "autograder" / f"{hw}-autograder.zip"))
     return written
