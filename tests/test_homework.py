@@ -144,7 +144,7 @@ def test_notebook_check_uses_a_fresh_reference(monkeypatch):
                              0.24611230194568634, 0.33791524171829224, 0.44070982933044434,
                              0.5626170039176941, 0.7229568362236023, 1.0])
 
-    monkeypatch.setattr(qlora, "nf4_levels", zeros)
+    monkeypatch.setattr(qlora, "nf4_levels_from_quantiles", zeros)
     monkeypatch.setattr(homework, "ref_nf4_levels", zeros)
     with pytest.raises(AssertionError, match="nf4_levels"):
         homework.check_exercise("hw2_quantization", "q2", zeros, "hidden")

@@ -47,7 +47,7 @@ read the tests, forge the pickle, or hang the grader. Here, per submission:
 
 Inside a student's own notebook (`grader.check`, and on Gradescope, where otter runs the
 tests in the student's kernel) `check_exercise` computes the reference from a private,
-freshly imported copy of minipeft, so replacing `minipeft.methods.qlora.nf4_levels` (say)
+freshly imported copy of minipeft, so replacing `minipeft.methods.qlora.nf4_levels_from_quantiles` (say)
 in the notebook does not change it either; the strict guarantee is the local grader's.
 
 Not defended against: a submission that calls minipeft's own function instead of writing
@@ -248,14 +248,16 @@ HW1 = [
 def ref_int8_centred(c):
     from minipeft.methods.qlora import double_quantize
 
-    codes, scales, mean = double_quantize(c, block_size=c.numel())
-    return codes, scales[0], mean
+    # QLoRA's second level with the int8 code book k/127: its codes index the 255 levels,
+    # so index i is the integer k = i − 127 that the exercise asks for.
+    index, scales, mean = double_quantize(c, block_size=c.numel(), code="int8")
+    return (index.long() - 127).to(torch.int8), scales[0], mean
 
 
 def ref_nf4_levels():
-    from minipeft.methods.qlora import nf4_levels
+    from minipeft.methods.qlora import nf4_levels_from_quantiles
 
-    return nf4_levels()
+    return nf4_levels_from_quantiles()
 
 
 def ref_nf4_roundtrip(w):
