@@ -41,12 +41,6 @@ def dense_dora_weight(w0, A, B, m, s, detach=False):
     return m[:, None] * V / norm
 
 
-def test_at_init_the_model_equals_the_base():
-    reference, model = dora(DoraConfig(r=4, alpha=8, target_modules=["q", "v", "fc", "proj"]))
-    x = tokens()
-    assert torch.allclose(model(x).logits, reference(x).logits, atol=1e-5)
-
-
 def test_magnitude_starts_at_the_row_norms_of_W0():
     reference, model = dora(DoraConfig(r=4, alpha=8))
     layer = model.base_model.blocks[0].attn.q
@@ -114,29 +108,11 @@ def test_merge_keeps_logits_and_unmerge_restores_W0():
     assert torch.allclose(merged(x).logits, expected, atol=1e-5)
 
 
-def test_disable_adapter_gives_the_base():
-    reference, model = dora(DoraConfig(r=4, alpha=8))
-    randomize(model)
-    x = tokens()
-    with model.disable_adapter():
-        assert torch.allclose(model(x).logits, reference(x).logits, atol=1e-6)
-
-
 def test_trainable_count_is_lora_plus_one_magnitude_per_output():
     _, model = dora(DoraConfig(r=4, alpha=8, target_modules=["q", "fc"]))
     trainable, _ = model.count_parameters()
     per_block = 4 * (D + D) + D + 4 * (D + 4 * D) + 4 * D  # r(d_in + d_out) + d_out
     assert trainable == 2 * per_block
-
-
-def test_save_and_load_restores_magnitude(tmp_path):
-    _, model = dora(DoraConfig(r=4, alpha=8))
-    randomize(model)
-    x = tokens()
-    model.save_pretrained(tmp_path)
-    loaded = DoraModel.from_pretrained(tiny_gpt(), tmp_path)
-    assert isinstance(loaded, DoraModel)
-    assert torch.equal(loaded(x).logits, model(x).logits)
 
 
 def test_magnitude_and_direction_change_by_hand():
@@ -180,5 +156,6 @@ def test_preset_builds_a_dora_model():
     assert all(isinstance(layer, DoraLayer) for _, layer in model.lora_layers())
 
 
+@pytest.mark.slow
 def test_small_learns_sentiment_above_chance():
     assert_preset_learns_sentiment("dora")

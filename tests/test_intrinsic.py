@@ -159,6 +159,7 @@ def test_bad_input():
         get_peft_model(tiny_gpt(), IntrinsicConfig(d=4000, projection="dense"))
 
 
+@pytest.mark.slow
 def test_intrinsic_learns_sentiment_on_small():
     from minipeft.pretrained import load_pretrained
     from minipeft.tasks import chance_baseline

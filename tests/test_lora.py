@@ -124,14 +124,6 @@ def test_dropout_acts_on_the_lora_branch_only():
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_disable_adapter_gives_the_base_model():
-    reference, model = lora(LoraConfig(r=4, target_modules=["q", "v"]))
-    randomize_B(model)
-    with model.disable_adapter():
-        assert torch.equal(model(tokens()).logits, reference(tokens()).logits)
-    assert not torch.allclose(model(tokens()).logits, reference(tokens()).logits)
-
-
 # --------------------------------------------------------------------------------------
 # Trainable parameters
 # --------------------------------------------------------------------------------------
@@ -590,6 +582,7 @@ def sentiment_runs():
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "rslora", "lora+"])
 def test_small_learns_sentiment(sentiment_runs, method):
     """Above chance (the base is at chance: its corpus never names the task's labels), and

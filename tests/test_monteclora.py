@@ -164,16 +164,6 @@ def test_trainable_count_and_merge_of_the_mean():
     assert torch.allclose(model.merge_and_unload()(x).logits, expected, atol=1e-5)
 
 
-def test_save_and_load(tmp_path):
-    model = monteclora(MonteCLoraConfig(r=4, alpha=8))
-    model.eval()
-    model.save_pretrained(tmp_path)
-    loaded = MonteCLoraModel.from_pretrained(tiny_gpt(), tmp_path).eval()
-    x = tokens()
-    assert torch.equal(loaded(x).logits, model(x).logits)
-    assert torch.equal(loaded.regularization_loss(), model.regularization_loss())
-
-
 @pytest.mark.parametrize("bad, message", [
     (dict(n_samples=0), "n_samples"),
     (dict(sample_scale=-0.1), "sample_scale"),
@@ -191,5 +181,6 @@ def test_preset_builds():
     assert isinstance(model, MonteCLoraModel)
 
 
+@pytest.mark.slow
 def test_small_learns_sentiment_above_chance():
     assert_preset_learns_sentiment("monteclora")

@@ -25,6 +25,7 @@ def small():
     return load_pretrained("small")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SIZES))
 def test_every_size_loads_with_its_recipe_config(name):
     model = load_pretrained(name)
@@ -33,11 +34,13 @@ def test_every_size_loads_with_its_recipe_config(name):
     assert model.head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
 
 
+@pytest.mark.slow
 def test_sizes_grow():
     counts = [load_pretrained(n).num_parameters() for n in ("tiny", "small", "base")]
     assert counts == sorted(counts) and counts[0] < 400_000 and 4_000_000 < counts[2] < 9_000_000
 
 
+@pytest.mark.slow
 def test_small_validation_loss_is_far_below_uniform(small, tokenizer):
     # fresh held-out documents (a seed used neither for training nor for the report)
     tokens = corpus_tokens(200, seed=12345, tokenizer=tokenizer)
@@ -45,6 +48,7 @@ def test_small_validation_loss_is_far_below_uniform(small, tokenizer):
     assert loss < 0.4 * math.log(small.config.vocab_size)
 
 
+@pytest.mark.slow
 def test_small_generates_toy_world_text(small, tokenizer):
     """Greedy continuations use only words of the toy world and end sentences with a full stop."""
     vocabulary = {w for doc in generate_corpus(2000, seed=99) for w in doc.split()}
@@ -58,6 +62,7 @@ def test_small_generates_toy_world_text(small, tokenizer):
         assert "." in words, text
 
 
+@pytest.mark.slow
 def test_small_refers_back_to_the_animal_its_story_introduced(small, tokenizer):
     """After "there anna saw a red cat . the", the corpus always continues with " cat".
 
@@ -93,6 +98,7 @@ FINE_TUNE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, steps, lr, margin", FINE_TUNE_CASES)
 def test_a_short_full_fine_tune_beats_the_chance_baseline(task, steps, lr, margin):
     torch.manual_seed(0)

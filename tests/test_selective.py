@@ -62,11 +62,10 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------
 # The shared θ = θ₀ + Δ machinery, on every method
 # --------------------------------------------------------------------------------------
-ALL_CONFIGS = [
-    FullFinetuneConfig(), HeadOnlyConfig(layers=1), HeadOnlyConfig(layers=0, head=True),
-    BitFitConfig(), MaskConfig(selector="pafi", budget=0.02),
-    MaskConfig(selector="random", budget=0.02), MaskConfig(selector="id3", budget=0.02),
-]
+# The presets (full, head_only, bitfit, pafi, random_mask, id3) are checked by
+# test_contract.py; these are the settings no preset uses: the tied head as the only Δ, and
+# an ID3 mask grown over several real training steps before merging.
+ALL_CONFIGS = [HeadOnlyConfig(layers=0, head=True), MaskConfig(selector="id3", budget=0.02)]
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: type(c).__name__)
@@ -363,6 +362,7 @@ def small_results():
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_each_preset_learns_sentiment_on_small(small_results, name):
     from minipeft.tasks import chance_baseline

@@ -108,6 +108,7 @@ def trained_prompts():
                                      ("arithmetic/0", "arithmetic", 0)]}
 
 
+@pytest.mark.slow
 def test_a_task_is_closest_to_itself_under_another_seed(trained_prompts):
     S = similarity_matrix(trained_prompts)  # order: sentiment/0, sentiment/1, arithmetic/0
     assert S[0, 1] > S[0, 2] and S[0, 1] > S[1, 2]
@@ -116,6 +117,7 @@ def test_a_task_is_closest_to_itself_under_another_seed(trained_prompts):
     assert most_similar_source(trained_prompts["sentiment/1"], sources)[0] == "sentiment"
 
 
+@pytest.mark.slow
 def test_train_prompt_from_a_source_starts_at_the_source(trained_prompts):
     source = trained_prompts["arithmetic/0"]
     target, result = train_prompt(source.base_model, "sentiment", steps=1, lr=0.0,
