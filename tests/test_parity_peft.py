@@ -1,9 +1,10 @@
 """minipeft's methods against Hugging Face peft on the same GPT-2: same adapter, same logits.
 
 Each test builds a small random GPT-2 with transformers, saves it, loads it into minipeft
-(`minipeft.gpt2.load_gpt2`), gives both libraries the *same* adapter weights (copied by hand here, from
-minipeft's module to peft's, so the copy does not use minipeft.gpt2's own mapping) and compares
-the logits in fp32. minipeft's o, fc, proj are GPT-2's attn.c_proj, mlp.c_fc, mlp.c_proj.
+(`minipeft.gpt2.load_gpt2`), gives both libraries the *same* adapter weights (copied by hand
+here, from minipeft's module to peft's, so the copy does not use minipeft.gpt2's own mapping)
+and compares the logits in fp32. minipeft's o, fc, proj are GPT-2's attn.c_proj, mlp.c_fc,
+mlp.c_proj.
 """
 import pytest
 import torch
