@@ -131,7 +131,7 @@ def cmd_demo(args) -> None:
 
 def cmd_slides(args) -> None:
     """Rebuild the lecture slides (slides/*.slides.html) from the executed notebooks."""
-    from minipeft.slides import build_slides
+    from minipeft.course.slides import build_slides
 
     for path in build_slides(args.notebooks or None):
         print("wrote", path)
@@ -139,9 +139,9 @@ def cmd_slides(args) -> None:
 
 def cmd_bench(args) -> None:
     """minipeft vs transformers + peft: training-step time and memory, inference latency."""
-    from minipeft.bench import run_benchmark
+    from minipeft.course.bench import main as bench_main
 
-    run_benchmark(args.shapes, args.reps, args.threads, args.clock)
+    bench_main(args.bench_argv, prog="python -m minipeft bench")
 
 
 def cmd_homework(args) -> None:
@@ -270,11 +270,11 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
     s.set_defaults(run=cmd_homework)
 
-    from minipeft.bench import add_arguments
-
-    s = sub.add_parser("bench", help="benchmark against transformers + peft (needs "
-                                     "requirements-dev.txt)")
-    add_arguments(s)
+    # The benchmark's options are defined in minipeft.course.bench, which is imported only when
+    # the command runs; its arguments (--help included) are handed over unparsed (see main).
+    s = sub.add_parser("bench", add_help=False,
+                       help="benchmark against transformers + peft (needs requirements-dev.txt; "
+                            "`bench --help` lists its options)")
     s.set_defaults(run=cmd_bench)
     return p
 
@@ -283,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one `error:` line and exit status 2 (1 for a
     failure minipeft did not foresee, with its type named; MINIPEFT_DEBUG=1 shows the
     traceback instead)."""
-    args = parser().parse_args(argv)
+    cli = parser()
+    args, unparsed = cli.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_argv = unparsed
+    elif unparsed:
+        cli.error(f"unrecognized arguments: {' '.join(unparsed)}")
     try:
         args.run(args)
     except KeyboardInterrupt:

@@ -10,15 +10,18 @@ storage differs:
   nn.Linear computes y = x Wᵀ + b with W stored as (d_out, d_in). Every weight is therefore
   transposed on the way in: W_linear = W_conv1dᵀ.
 
-Nothing is downloaded: `load_gpt2(directory)` (also `GPT.from_gpt2`) reads a local folder
+Nothing is downloaded: `load_gpt2(directory)` reads a local folder
 with `config.json` and `model.safetensors` (or `pytorch_model.bin`), and `GPT2BPETokenizer`
 reads a local `vocab.json` + `merges.txt`.
 
 The last section translates LoRA and DoRA adapters between minipeft and Hugging Face peft
 for a GPT-2-loaded model: minipeft's o, fc, proj are GPT-2's attn.c_proj, mlp.c_fc,
 mlp.c_proj, one to one, so an adapter on them can be written with peft's key names
-(`save_pretrained(..., key_format="peft")`) and a peft adapter folder read back
-(`PeftModel.from_pretrained(gpt, folder)`).
+(`save_peft_adapter(model, folder)`) and a peft adapter folder read back
+(`load_peft_adapter(gpt, folder)`).
+
+This module is the interop layer: it imports minipeft's core (model, tokenizer, methods) and
+nothing in the core imports it (tests/test_structure.py checks that).
 """
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from minipeft.files import atomic_directory, safetensors_bytes
+from minipeft.methods.base import (BLOCK_MODULES, CONFIG_NAME, WEIGHTS_NAME, check_save_target,
+                                   get_peft_model, is_peft_config, read_adapter_config,
+                                   resolve_layers)
+from minipeft.methods.dora import DoraConfig
+from minipeft.methods.lora import LoraConfig
 from minipeft.model import GPT, GPTConfig
 from minipeft.tokenizer import CACHE_SIZE, CACHED_CHUNK_LENGTH, apply_merges, check_token_id
 
@@ -439,11 +447,6 @@ PEFT_NEUTRAL = {"bias": "none", "modules_to_save": None, "rank_pattern": None,
                 "trainable_token_indices": None, "target_parameters": None}
 
 
-def is_peft_config(meta: dict) -> bool:
-    """Hugging Face peft writes these keys into every adapter_config.json; minipeft does not."""
-    return "base_model_name_or_path" in meta or "peft_version" in meta
-
-
 def to_peft_state_dict(model) -> dict[str, torch.Tensor]:
     """The active LoRA adapter's tensors under the names peft gives them on GPT2LMHeadModel."""
     out = {}
@@ -463,12 +466,8 @@ def save_peft_adapter(model, directory: str | Path) -> Path:
     """Write a minipeft LoRA/DoRA model as a peft adapter folder (peft's from_pretrained reads it).
 
     The base must be the GPT-2 checkpoint the peft side loads; minipeft cannot check that here.
+    minipeft's own format is written by `model.save_pretrained(directory)`.
     """
-    from minipeft.methods.base import (CONFIG_NAME, WEIGHTS_NAME, check_save_target,
-                                       resolve_layers)
-    from minipeft.methods.dora import DoraConfig
-    from minipeft.methods.lora import LoraConfig
-
     config = model.config
     if type(config) not in (LoraConfig, DoraConfig):
         raise ValueError(f"only LoRA and DoRA adapters are written in peft's format, not "
@@ -499,14 +498,13 @@ def save_peft_adapter(model, directory: str | Path) -> Path:
     return directory
 
 
-def load_peft_adapter(base_model: GPT, directory: str | Path, meta: dict | None = None):
+def load_peft_adapter(base_model: GPT, directory: str | Path):
     """A minipeft LoraModel (DoraModel if use_dora) holding the peft adapter in `directory`."""
-    from minipeft.methods.base import BLOCK_MODULES, CONFIG_NAME, WEIGHTS_NAME, get_peft_model
-    from minipeft.methods.dora import DoraConfig
-    from minipeft.methods.lora import LoraConfig
-
     directory = Path(directory)
-    meta = meta if meta is not None else json.loads((directory / CONFIG_NAME).read_text())
+    meta = read_adapter_config(directory)
+    if not is_peft_config(meta):
+        raise ValueError(f"{directory} holds a minipeft adapter, not a Hugging Face peft one; "
+                         "load it with PeftModel.from_pretrained(base_model, directory)")
     if meta.get("peft_type") != "LORA":
         raise ValueError(f"{directory} holds a peft {meta.get('peft_type')} adapter; minipeft "
                          "reads peft's LoRA adapters only")

@@ -205,13 +205,6 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    @classmethod
-    def from_gpt2(cls, path) -> "GPT":
-        """Load a Hugging Face GPT-2 checkpoint folder (see minipeft.gpt2.load_gpt2)."""
-        from minipeft.gpt2 import load_gpt2
-
-        return load_gpt2(path)
-
     def num_parameters(self) -> int:
         """Unique parameters (the tied head is counted once)."""
         return sum(p.numel() for p in self.parameters())

@@ -7,8 +7,9 @@ For every method: validation metric after `steps` AdamW steps; validation loss o
 answer tokens before and after (more telling than the metric when the base already solves
 the task); trainable count and share of the base; median step time (forward, backward,
 AdamW and ID3's hook, no evaluation); and the memory anatomy of one training step on a
-batch of the task (`minipeft.analysis.memory_anatomy`). Learning rates are per method (RECIPES): a method
-with few trainable entries needs larger steps. Prints a Markdown table.
+batch of the task (`minipeft.analysis.memory_anatomy`). Each method trains at its own rate
+(`minipeft.methods.learning_rate`): a method with few trainable entries needs larger steps.
+Prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time
 import torch
 
 from minipeft.analysis import memory_anatomy
+from minipeft.methods import learning_rate
 from minipeft.methods.base import get_peft_model
 from minipeft.methods.intrinsic import PRESETS as INTRINSIC_PRESETS
 from minipeft.train import answer_loss
@@ -29,10 +31,6 @@ from minipeft.tokenizer import load_tokenizer
 from minipeft.train import evaluate_task, random_batches, train_loop
 
 PRESETS = {**SELECTIVE_PRESETS, **INTRINSIC_PRESETS}
-RECIPES = {  # learning rate per preset
-    "full": 1e-3, "head_only": 1e-3, "bitfit": 1e-2, "fish": 3e-3, "pafi": 1e-2,
-    "random_mask": 1e-2, "id3": 1e-2, "intrinsic": 0.05,
-}
 
 
 class StepTimer:
@@ -61,7 +59,7 @@ def run(method: str, size: str, task: str, steps: int, seed: int, eval_limit: in
     loss_before = answer_loss(peft, task, limit=eval_limit, tokenizer=tokenizer)
     anatomy = memory_anatomy(peft, next(random_batches(pairs, 16, tokenizer.eos_id, seed=99)))
     timer = StepTimer(random_batches(pairs, 16, tokenizer.eos_id, seed=seed))
-    train_loop(peft, timer, steps, lr=RECIPES[method], seed=seed, progress=False)
+    train_loop(peft, timer, steps, lr=learning_rate(method), seed=seed, progress=False)
     metric = evaluate_task(peft, task, "validation", tokenizer, eval_limit)
     loss_after = answer_loss(peft, task, limit=eval_limit, tokenizer=tokenizer)
     mib = 2**20

@@ -54,7 +54,7 @@ def test_finetune_prints_the_validation_metric(capsys):
 
 
 @pytest.mark.parametrize("argv, rate", [
-    (["--method", "ia3"], "lr 0.03"),  # the method's own rate (methods.LEARNING_RATES)
+    (["--method", "ia3"], "lr 0.03"),  # the method's own rate (ia3.LEARNING_RATES)
     (["--method", "lora"], "lr 0.003"),  # the default rate
     (["--method", "ia3", "--lr", "0.5"], "lr 0.5"),  # an explicit --lr wins
 ])

@@ -18,7 +18,6 @@ tokenizers = pytest.importorskip("tokenizers", reason="comes with transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 from minipeft.gpt2 import GPT2BPETokenizer, gpt2_config, load_gpt2  # noqa: E402
-from minipeft.model import GPT  # noqa: E402
 
 GPT2_SHAPE = dict(vocab_size=96, n_positions=40, n_embd=24, n_layer=2, n_head=3,
                   bos_token_id=0, eos_token_id=0)
@@ -60,7 +59,7 @@ def tokens(n: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
 # Weights and logits
 # --------------------------------------------------------------------------------------
 def test_config_maps_every_field(saved_gpt2):
-    config = GPT.from_gpt2(saved_gpt2).config
+    config = load_gpt2(saved_gpt2).config
     assert (config.vocab_size, config.block_size, config.n_layer, config.n_head,
             config.d_model, config.d_ff) == (96, 40, 2, 3, 24, 96)
     assert config.dropout == pytest.approx(0.1) and config.layer_norm_eps == 1e-5
@@ -68,7 +67,7 @@ def test_config_maps_every_field(saved_gpt2):
 
 def test_split_qkv_is_the_transposed_conv1d(hf_model, saved_gpt2):
     """q, k, v are the three column blocks of c_attn's (d, 3d) Conv1D weight, transposed."""
-    ours = GPT.from_gpt2(saved_gpt2)
+    ours = load_gpt2(saved_gpt2)
     fused = hf_model.transformer.h[1].attn.c_attn.weight  # (d, 3d): y = x W + b
     d = GPT2_SHAPE["n_embd"]
     for part, name in enumerate("qkv"):
@@ -80,7 +79,7 @@ def test_split_qkv_is_the_transposed_conv1d(hf_model, saved_gpt2):
 
 
 def test_logits_equal_transformers(hf_model, saved_gpt2):
-    ours = GPT.from_gpt2(saved_gpt2)
+    ours = load_gpt2(saved_gpt2)
     idx = tokens()
     with torch.no_grad():
         expected = hf_model(idx).logits
@@ -90,7 +89,7 @@ def test_logits_equal_transformers(hf_model, saved_gpt2):
 
 def test_logits_equal_transformers_with_kv_cache(hf_model, saved_gpt2):
     """Prompt first, then two single tokens, each reusing the cached keys/values."""
-    ours = GPT.from_gpt2(saved_gpt2)
+    ours = load_gpt2(saved_gpt2)
     idx = tokens(length=10)
     cache = ours.new_cache()
     with torch.no_grad():
@@ -124,7 +123,7 @@ def test_n_inner_and_fp16_weights(tmp_path):
     hf.save_pretrained(tmp_path)
     assert load_file(str(tmp_path / "model.safetensors"))["transformer.wte.weight"].dtype == \
         torch.float16
-    ours = GPT.from_gpt2(tmp_path)
+    ours = load_gpt2(tmp_path)
     assert ours.config.d_ff == 40 and ours.tok_emb.weight.dtype == torch.float32
     idx = tokens(seed=4)
     with torch.no_grad():

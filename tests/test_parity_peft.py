@@ -1,9 +1,10 @@
 """minipeft's methods against Hugging Face peft on the same GPT-2: same adapter, same logits.
 
 Each test builds a small random GPT-2 with transformers, saves it, loads it into minipeft
-(`GPT.from_gpt2`), gives both libraries the *same* adapter weights (copied by hand here, from
-minipeft's module to peft's, so the copy does not use minipeft.gpt2's own mapping) and compares
-the logits in fp32. minipeft's o, fc, proj are GPT-2's attn.c_proj, mlp.c_fc, mlp.c_proj.
+(`minipeft.gpt2.load_gpt2`), gives both libraries the *same* adapter weights (copied by hand
+here, from minipeft's module to peft's, so the copy does not use minipeft.gpt2's own mapping)
+and compares the logits in fp32. minipeft's o, fc, proj are GPT-2's attn.c_proj, mlp.c_fc,
+mlp.c_proj.
 """
 import pytest
 import torch
@@ -14,14 +15,15 @@ transformers = pytest.importorskip(
 peft = pytest.importorskip("peft", reason="the peft parity tests need peft (pip install -r "
                                           "requirements-dev.txt)")
 
-from minipeft import bench  # noqa: E402
+from minipeft.course import bench  # noqa: E402
+from minipeft.gpt2 import load_gpt2, load_peft_adapter, save_peft_adapter  # noqa: E402
 from minipeft.methods.adalora import AdaLoraConfig  # noqa: E402
 from minipeft.methods.base import PeftModel, get_peft_model  # noqa: E402
 from minipeft.methods.dora import DoraConfig  # noqa: E402
 from minipeft.methods.ia3 import IA3Config  # noqa: E402
 from minipeft.methods.lora import LoraConfig, loraplus_param_groups  # noqa: E402
 from minipeft.methods.prompts import PrefixTuningConfig, PromptTuningConfig  # noqa: E402
-from minipeft.model import GPT, GPTConfig  # noqa: E402
+from minipeft.model import GPTConfig  # noqa: E402
 
 GPT2_SHAPE = dict(vocab_size=96, n_positions=40, n_embd=24, n_layer=2, n_head=3,
                   bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
@@ -52,7 +54,7 @@ def hf_base(folder):
 
 
 def ours_base(folder):
-    return GPT.from_gpt2(folder).eval()
+    return load_gpt2(folder).eval()
 
 
 def tokens(n=2, length=9, seed=1):
@@ -299,7 +301,7 @@ def test_adalora_mean_norm_orthogonality_loss_equals_peft(gpt2_folder):
 # --------------------------------------------------------------------------------------
 def test_minipeft_saves_what_peft_loads(gpt2_folder, tmp_path):
     ours, _ = lora_pair(gpt2_folder, targets=("o", "proj"), layers=[1])
-    ours.save_pretrained(tmp_path, key_format="peft")
+    save_peft_adapter(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(hf_base(gpt2_folder), tmp_path).eval()
     idx = tokens(seed=8)
     torch.testing.assert_close(logits(ours, idx), logits(theirs, idx), atol=ATOL, rtol=0)
@@ -310,12 +312,12 @@ def test_minipeft_saves_what_peft_loads(gpt2_folder, tmp_path):
 def test_peft_saves_what_minipeft_loads(gpt2_folder, tmp_path, rslora):
     _, theirs = lora_pair(gpt2_folder, rslora=rslora)
     theirs.save_pretrained(tmp_path)
-    ours = PeftModel.from_pretrained(ours_base(gpt2_folder), tmp_path)
+    ours = load_peft_adapter(ours_base(gpt2_folder), tmp_path)
     assert ours.config.use_rslora == rslora and ours.config.r == 4
     idx = tokens(seed=9)
     torch.testing.assert_close(logits(ours, idx), logits(theirs, idx), atol=ATOL, rtol=0)
     # and back again: minipeft → peft → the same logits
-    ours.save_pretrained(tmp_path / "again", key_format="peft")
+    save_peft_adapter(ours, tmp_path / "again")
     back = peft.PeftModel.from_pretrained(hf_base(gpt2_folder), tmp_path / "again").eval()
     torch.testing.assert_close(logits(back, idx), logits(theirs, idx), atol=ATOL, rtol=0)
 
@@ -325,7 +327,7 @@ def test_peft_adapter_on_fused_c_attn_is_refused(gpt2_folder, tmp_path):
         r=2, target_modules=["c_attn"], fan_in_fan_out=True))
     theirs.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="c_attn.*cannot map"):
-        PeftModel.from_pretrained(ours_base(gpt2_folder), tmp_path)
+        load_peft_adapter(ours_base(gpt2_folder), tmp_path)
 
 
 def test_peft_setting_without_counterpart_is_refused(gpt2_folder, tmp_path):
@@ -333,13 +335,25 @@ def test_peft_setting_without_counterpart_is_refused(gpt2_folder, tmp_path):
         r=2, target_modules=["mlp.c_fc"], fan_in_fan_out=True, bias="lora_only"))
     theirs.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="bias='lora_only' has no minipeft counterpart"):
-        PeftModel.from_pretrained(ours_base(gpt2_folder), tmp_path)
+        load_peft_adapter(ours_base(gpt2_folder), tmp_path)
+
+
+def test_each_loader_refuses_the_other_format_and_names_the_right_one(gpt2_folder, tmp_path):
+    """PeftModel.from_pretrained reads minipeft folders only, load_peft_adapter peft's only."""
+    ours, theirs = lora_pair(gpt2_folder, targets=("o",))
+    theirs.save_pretrained(tmp_path / "peft")
+    ours.save_pretrained(tmp_path / "minipeft")
+    with pytest.raises(ValueError, match=r"Hugging Face peft adapter.*minipeft\.gpt2\."
+                                         r"load_peft_adapter\(base_model, directory\)"):
+        PeftModel.from_pretrained(ours_base(gpt2_folder), tmp_path / "peft")
+    with pytest.raises(ValueError, match=r"minipeft adapter.*PeftModel\.from_pretrained"):
+        load_peft_adapter(ours_base(gpt2_folder), tmp_path / "minipeft")
 
 
 def test_minipeft_lora_on_q_cannot_be_written_for_peft(gpt2_folder, tmp_path):
     ours = get_peft_model(ours_base(gpt2_folder), LoraConfig(r=2, target_modules=["q", "o"]))
     with pytest.raises(ValueError, match="attn.q.lora_A.*fuses q, k, v"):
-        ours.save_pretrained(tmp_path, key_format="peft")
+        save_peft_adapter(ours, tmp_path)
     assert not (tmp_path / "adapter_config.json").exists()  # nothing half-written
 
 
@@ -403,12 +417,12 @@ def test_dora_at_init_is_the_base_in_both(gpt2_folder):
 def test_dora_files_round_trip_with_peft(gpt2_folder, tmp_path):
     ours, theirs = dora_pair(gpt2_folder, targets=("o", "proj"))
     idx = tokens(seed=12)
-    ours.save_pretrained(tmp_path / "ours", key_format="peft")
+    save_peft_adapter(ours, tmp_path / "ours")
     loaded_by_peft = peft.PeftModel.from_pretrained(hf_base(gpt2_folder), tmp_path / "ours")
     torch.testing.assert_close(logits(loaded_by_peft.eval(), idx), logits(theirs, idx),
                                atol=ATOL, rtol=0)
     theirs.save_pretrained(tmp_path / "theirs")
-    loaded_by_us = PeftModel.from_pretrained(ours_base(gpt2_folder), tmp_path / "theirs")
+    loaded_by_us = load_peft_adapter(ours_base(gpt2_folder), tmp_path / "theirs")
     assert isinstance(loaded_by_us.config, DoraConfig)
     torch.testing.assert_close(logits(loaded_by_us, idx), logits(theirs, idx), atol=ATOL, rtol=0)
 

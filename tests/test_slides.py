@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from minipeft.slides import build_slides
+from minipeft.course.slides import build_slides
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "07_intrinsic_dimension.ipynb"
 

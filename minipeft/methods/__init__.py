@@ -3,7 +3,8 @@
 Importing this package registers every method with `get_peft_model` / `from_pretrained`.
 `PRESETS` maps a method name to a default config, for the command line
 (`python -m minipeft finetune --method lora`) and for notebooks that compare methods;
-`learning_rate(name)` is the AdamW rate the command line uses for it.
+`learning_rate(name)` is the AdamW rate the command line uses for it, kept beside the preset
+in its method file.
 
     re-parameterization   lora (rsLoRA, LoRA+, multi-adapter, weighted merge), compose
                           (LoraHub), dora, adalora, qlora, monteclora, intrinsic
@@ -31,27 +32,24 @@ from minipeft.methods.selective import (BitFitConfig, BitFitModel, FullFinetuneC
                                         FullFinetuneModel, HeadOnlyConfig, HeadOnlyModel,
                                         MaskConfig, MaskModel)
 
+# Each method file keeps its presets and, beside them, the AdamW rate each one fine-tunes at.
 PRESETS: dict = {}
+LEARNING_RATES: dict[str, float] = {}
 for _module in (lora, dora, adalora, qlora, monteclora, adapters, ia3, prompts, selective,
                 intrinsic):
+    if _module.PRESETS.keys() != _module.LEARNING_RATES.keys():
+        raise RuntimeError(f"{_module.__name__}: PRESETS and LEARNING_RATES must name the same "
+                           f"presets, not {sorted(_module.PRESETS)} and "
+                           f"{sorted(_module.LEARNING_RATES)}; give every preset its rate")
     PRESETS.update(_module.PRESETS)
-
-# Methods whose few parameters each carry a lot of the update need a larger rate than
-# LoRA's 3e-3 (scaling vectors, soft prompts, masks, a d-dimensional subspace); full
-# fine-tuning and the reparameterized prefix MLP need a smaller one. Chosen by sentiment
-# runs on `small` (150 steps, batch 16): at 3e-3 IA³, the soft prompt and the intrinsic
-# subspace stay at chance and the prefix MLP stalls at the label prior.
-DEFAULT_LR = 3e-3
-LEARNING_RATES = {"ia3": 3e-2, "prompt": 3e-2, "deep_prompt": 3e-2, "prefix": 1e-3,
-                  "intrinsic": 5e-2, "full": 1e-3, "head_only": 1e-3, "bitfit": 1e-2,
-                  "pafi": 1e-2, "random_mask": 1e-2, "id3": 1e-2}
+    LEARNING_RATES.update(_module.LEARNING_RATES)
 
 
 def learning_rate(preset: str) -> float:
-    """The fine-tuning rate for a preset: LEARNING_RATES, else DEFAULT_LR (LoRA's)."""
+    """The AdamW rate a preset fine-tunes at (LEARNING_RATES in its method file)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown method {preset!r}; choose from {sorted(PRESETS)}")
-    return LEARNING_RATES.get(preset, DEFAULT_LR)
+    return LEARNING_RATES[preset]
 
 
 __all__ = [

@@ -123,6 +123,7 @@ PRESETS = {
     "adalora": lambda: AdaLoraConfig(init_r=12, target_r=4, alpha=12,
                                      target_modules=list(ALL_LINEARS)),
 }
+LEARNING_RATES = {"adalora": 3e-3}  # AdamW rate of each preset: LoRA's
 
 
 def phase_steps(config: AdaLoraConfig, total_steps: int) -> tuple[int, int]:

@@ -414,22 +414,14 @@ class PeftModel(nn.Module):
         return line
 
     # --- saving and loading -------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, key_format: str = "minipeft") -> Path:
+    def save_pretrained(self, directory: str | Path) -> Path:
         """Write adapter_config.json + adapter_model.safetensors (φ only, never the base).
 
         The folder appears in one step (minipeft.files.atomic_directory): a run killed while
         saving leaves the previous adapter there, complete. The config records a SHA-256 of
         the weights file, so a damaged or swapped weights file is caught on loading.
-
-        key_format="peft": Hugging Face peft's config and key names instead, for LoRA on a
-        GPT-2-loaded base (see minipeft.gpt2.save_peft_adapter).
+        Hugging Face peft's file format is written by minipeft.gpt2.save_peft_adapter.
         """
-        if key_format == "peft":
-            from minipeft.gpt2 import save_peft_adapter
-
-            return save_peft_adapter(self, directory)
-        if key_format != "minipeft":
-            raise ValueError(f"key_format={key_format!r}; choose 'minipeft' or 'peft'")
         self.check_usable("save the adapter")
         directory = Path(directory)
         check_save_target(directory, self.config.peft_type)
@@ -449,14 +441,14 @@ class PeftModel(nn.Module):
     def from_pretrained(cls, base_model: GPT, directory: str | Path) -> "PeftModel":
         """Rebuild the PEFT model saved in `directory` on top of `base_model`.
 
-        A Hugging Face peft LoRA folder loads too (GPT-2 base; see minipeft.gpt2).
+        A Hugging Face peft folder is refused with a pointer to minipeft.gpt2.load_peft_adapter.
         """
         directory = Path(directory)
         meta = read_adapter_config(directory)
-        from minipeft.gpt2 import is_peft_config, load_peft_adapter
-
         if is_peft_config(meta):
-            return load_peft_adapter(base_model, directory, meta)
+            raise ValueError(f"{directory} holds a Hugging Face peft adapter, not a minipeft "
+                             "one; load it with minipeft.gpt2.load_peft_adapter(base_model, "
+                             "directory)")
         config = adapter_config_from_meta(meta, base_model.config.to_dict(), directory)
         model_cls = METHODS[config.peft_type][1]
         if not issubclass(model_cls, cls):
@@ -497,6 +489,11 @@ def copy_adapter_tensors(targets: dict[str, torch.Tensor],
     with torch.no_grad():
         for name, value in tensors.items():
             targets[name].copy_(value)
+
+
+def is_peft_config(meta: dict) -> bool:
+    """Hugging Face peft writes these keys into every adapter_config.json; minipeft does not."""
+    return "base_model_name_or_path" in meta or "peft_version" in meta
 
 
 def read_adapter_config(directory: Path) -> dict:

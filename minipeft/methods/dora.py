@@ -60,6 +60,7 @@ class DoraConfig(LoraConfig):
 PRESETS = {
     "dora": lambda: DoraConfig(r=8, alpha=16, target_modules=["q", "v"]),
 }
+LEARNING_RATES = {"dora": 3e-3}  # AdamW rate of each preset: LoRA's
 
 
 def row_norm(weight: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,7 @@ class MonteCLoraConfig(LoraConfig):
 PRESETS = {
     "monteclora": lambda: MonteCLoraConfig(r=8, alpha=16, target_modules=["q", "v"]),
 }
+LEARNING_RATES = {"monteclora": 3e-3}  # AdamW rate of each preset: LoRA's
 
 
 # --------------------------------------------------------------------------------------

@@ -379,6 +379,7 @@ class QLoraConfig(LoraConfig):
 PRESETS = {
     "qlora": lambda: QLoraConfig(r=8, alpha=16, target_modules=list(ALL_BLOCK_LINEARS)),
 }
+LEARNING_RATES = {"qlora": 3e-3}  # AdamW rate of each preset: LoRA's
 
 
 class QLoraLayer(LoraLayer):

@@ -1,6 +1,6 @@
 """Benchmark: minipeft against transformers + peft, same shapes, same machine, same run.
 
-    python -m minipeft bench                 # or: python -m minipeft.bench
+    python -m minipeft bench                 # or: python -m minipeft.course.bench
     python -m minipeft bench --reps 2 --shapes small
 
 For each shape (a GPT-2-small-shaped model, 12 layers × 768 wide with GPT-2's 50,257-token
@@ -250,8 +250,8 @@ def training_memory(library: str, shape: str, mode: str, device: str, autocast) 
 
 def memory_in_subprocess(library: str, shape: str, mode: str, threads: int) -> float | None:
     """Run `training_memory` in a fresh Python, so no earlier allocation hides the peak."""
-    command = [sys.executable, "-m", "minipeft.bench", "--memory-worker", library, shape, mode,
-               "--threads", str(threads)]
+    command = [sys.executable, "-m", "minipeft.course.bench", "--memory-worker", library, shape,
+               mode, "--threads", str(threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory worker {library}/{shape}/{mode} failed:\n{result.stderr}")
@@ -430,9 +430,11 @@ def run_benchmark(shape_names: list[str], reps: int | None, threads: int, clock:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m minipeft.bench", description=__doc__
-                                     .splitlines()[0])
+def main(argv: list[str] | None = None,
+         prog: str = "python -m minipeft.course.bench") -> None:
+    """Parse the benchmark's options and run it; `python -m minipeft bench` hands its
+    arguments here, so the options are defined once, in this file."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--memory-worker", nargs=3, metavar=("LIBRARY", "SHAPE", "MODE"),
                         help=argparse.SUPPRESS)
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `python -m minipeft bench` and `python -m minipeft.bench`."""
+    """The benchmark's options (shapes, repetitions, threads, clock)."""
     parser.add_argument("--shapes", nargs="+", default=list(SHAPE_NAMES), choices=SHAPE_NAMES)
     parser.add_argument("--reps", type=int, default=None,
                         help="timed steps per library and mode (default: 3 for gpt2-small, "
