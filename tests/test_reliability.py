@@ -447,3 +447,13 @@ def test_sizes_in_a_config_file_are_checked_before_allocating(tmp_path, field, v
     edit_config(folder, lambda m: m.update({field: value}))
     with pytest.raises(ValueError, match=message):
         PeftModel.from_pretrained(tiny_gpt(), folder)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LoraConfig(alpha=0.0), lambda: LoraConfig(alpha=float("nan")),
+    lambda: __import__("minipeft").AdapterConfig(scale=0.0),
+    lambda: __import__("minipeft").AdapterConfig(scale=float("inf")),
+], ids=["lora_alpha_0", "lora_alpha_nan", "adapter_scale_0", "adapter_scale_inf"])
+def test_non_positive_or_non_finite_scales_are_config_errors(make):
+    with pytest.raises(ValueError):
+        make()

@@ -45,6 +45,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from minipeft.checks import check_positive
 from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, register_method,
                                    replace_module, resolve_layers)
 
@@ -96,6 +97,7 @@ class AdapterConfig(PeftConfig):
             raise ValueError(f"reduction_factor must be ≥ 1, got {self.reduction_factor}")
         if self.bottleneck_size is not None and self.bottleneck_size < 1:
             raise ValueError(f"bottleneck_size must be ≥ 1, got {self.bottleneck_size}")
+        check_positive(self.scale, "scale (s in y + s·A(·))")
         if self.parallel_to is not None and self.placement != "parallel":
             raise ValueError(f"parallel_to={self.parallel_to!r} only applies to "
                              f"placement='parallel' (this config has {self.placement!r})")

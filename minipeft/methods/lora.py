@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipeft.checks import check_positive
 from minipeft.methods.adalora import AdaLoraLayer
 from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, copy_adapter_tensors,
                                    find_targets, read_adapter, register_method,
@@ -68,9 +69,7 @@ class LoraConfig(PeftConfig):
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"LoRA rank r must be a positive integer, got r={self.r!r}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive (the update is scaled by alpha/r), "
-                             f"got alpha={self.alpha}")
+        check_positive(self.alpha, "alpha (the update is scaled by alpha/r)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init not in INITS:
