@@ -238,7 +238,7 @@ def edit_config(folder: Path, change) -> None:
     (lambda m: m.update(r=True), "r=True"),
     (lambda m: m.update(alpha="16"), "alpha='16'"),
     (lambda m: m.update(alpha=float("inf")), "alpha=inf"),
-    (lambda m: m.update(alpha=-1.0), "alpha must be positive"),
+    (lambda m: m.update(alpha=-1.0), "alpha .* must be positive"),
     (lambda m: m.update(surprise=1), "unknown fields \\['surprise'\\]"),
     (lambda m: m.pop("format_version"), "format_version None"),
     (lambda m: m.update(format_version=99), "format_version 99"),
