@@ -165,11 +165,14 @@ def test_head_only_and_full_bad_input():
         get_peft_model(tiny_gpt(), HeadOnlyConfig(top_layers=5))  # the model has 2 blocks
 
 
-def test_head_only_on_named_blocks():
+def test_head_only_on_named_blocks_or_every_block():
     base = tiny_gpt()
     peft = get_peft_model(base, HeadOnlyConfig(layers_to_transform=0, top_layers=None))
     expected = {n for n, _ in base.named_parameters() if n.startswith(("blocks.0.", "ln_f."))}
     assert set(peft.delta_names.values()) == expected
+    every = get_peft_model(tiny_gpt(), HeadOnlyConfig(top_layers=None))  # not the embeddings
+    expected = {n for n, _ in base.named_parameters() if n.startswith(("blocks.", "ln_f."))}
+    assert set(every.delta_names.values()) == expected
 
 
 # --------------------------------------------------------------------------------------

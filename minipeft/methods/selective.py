@@ -260,9 +260,10 @@ class HeadOnlyConfig(PeftConfig):
 class HeadOnlyModel(DenseDeltaModel):
     def selected_parameters(self, config: HeadOnlyConfig) -> list[str]:
         model = self.base_model
-        no_blocks = config.top_layers == 0
-        names = [] if no_blocks else list(candidate_parameters(
-            model, layers_to_transform=config.layers_to_transform, top_layers=config.top_layers))
+        blocks = [] if config.top_layers == 0 else resolve_layers(
+            config.layers_to_transform, config.top_layers, len(model.blocks))
+        prefixes = tuple(f"blocks.{i}." for i in blocks)
+        names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
         names += [n for n, _ in model.ln_f.named_parameters(prefix="ln_f")]
         if config.head:
             owner, _ = head_tensor_owner(model)
