@@ -164,8 +164,8 @@ def test_top_layers_selects_the_top_blocks_and_layers_to_transform_indices():
     (dict(layers_to_transform=[0, 0]), "distinct"),
     (dict(layers_to_transform=-1), "int ≥ 0"),
     (dict(layers_to_transform=[True]), "int ≥ 0"),
-    (dict(top_layers=0), "top_layers must be an integer ≥ 1"),
-    (dict(top_layers=[2]), "top_layers must be an integer ≥ 1"),
+    (dict(top_layers=0), "top_layers must be a positive integer"),
+    (dict(top_layers=[2]), "top_layers must be a positive integer"),
 ])
 def test_bad_block_choices_are_rejected_when_the_config_is_made(blocks, message):
     with pytest.raises(ValueError, match=message):

@@ -28,7 +28,8 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 import torch.nn as nn
 
-from minipeft.checks import is_int, is_number
+from minipeft.checks import (check_non_negative_int, check_positive_int, is_int,
+                             is_number)
 from minipeft.files import (atomic_directory, read_json_object, read_safetensors,
                             safetensors_bytes, sha256)
 from minipeft.model import GPT, generate_tokens
@@ -64,14 +65,15 @@ class PeftConfig:
     """
 
     peft_type: ClassVar[str] = "BASE"
-    # The smallest top_layers a method accepts; head-only tuning also allows 0 (no block).
-    min_top_layers: ClassVar[int] = 1
+    # Whether top_layers=0 (no block at all) makes sense: only for head-only tuning.
+    allows_zero_top_layers: ClassVar[bool] = False
     target_modules: list[str] | None = None
     layers_to_transform: int | list[int] | None = None
     top_layers: int | None = None
 
     def __post_init__(self):
-        check_block_choice(self.layers_to_transform, self.top_layers, self.min_top_layers)
+        check_block_choice(self.layers_to_transform, self.top_layers,
+                           self.allows_zero_top_layers)
 
     def chooses_blocks(self) -> bool:
         """Whether the config narrows the blocks (otherwise every block is meant)."""
@@ -160,16 +162,16 @@ def register_method(config_cls: type[PeftConfig]):
 # Finding and replacing modules
 # --------------------------------------------------------------------------------------
 def check_block_choice(layers_to_transform: Any, top_layers: Any,
-                       min_top_layers: int = 1) -> None:
+                       allows_zero_top_layers: bool = False) -> None:
     """One ValueError unless at most one block selection is given and it is well formed."""
     if layers_to_transform is not None and top_layers is not None:
         raise ValueError(f"layers_to_transform={layers_to_transform!r} and "
                          f"top_layers={top_layers!r}: give one of them, not both "
                          "(layers_to_transform picks block indices as in peft; top_layers "
                          "counts blocks from the top); set the other to None")
-    if top_layers is not None and (not is_int(top_layers) or top_layers < min_top_layers):
-        raise ValueError(f"top_layers must be an integer ≥ {min_top_layers} (the number of "
-                         f"top blocks), got {top_layers!r}")
+    if top_layers is not None:
+        check_count = check_non_negative_int if allows_zero_top_layers else check_positive_int
+        check_count(top_layers, "top_layers")
     if layers_to_transform is None:
         return
     indices = [layers_to_transform] if is_int(layers_to_transform) else layers_to_transform

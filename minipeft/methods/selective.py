@@ -246,7 +246,7 @@ class HeadOnlyConfig(PeftConfig):
     """
 
     peft_type: ClassVar[str] = "HEAD_ONLY"
-    min_top_layers: ClassVar[int] = 0  # 0 = no block: only ln_f (and the head) train
+    allows_zero_top_layers: ClassVar[bool] = True  # 0 = no block: only ln_f (and the head)
     top_layers: int | None = 1
     head: bool = False
 
