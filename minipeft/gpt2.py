@@ -40,8 +40,7 @@ from safetensors.torch import load_file
 
 from minipeft.files import atomic_directory, safetensors_bytes
 from minipeft.methods.base import (BLOCK_MODULES, CONFIG_NAME, WEIGHTS_NAME, check_save_target,
-                                   get_peft_model, is_peft_config, read_adapter_config,
-                                   resolve_layers)
+                                   get_peft_model, is_peft_config, read_adapter_config)
 from minipeft.methods.dora import DoraConfig
 from minipeft.methods.lora import LoraConfig
 from minipeft.model import GPT, GPTConfig
@@ -477,16 +476,19 @@ def save_peft_adapter(model, directory: str | Path) -> Path:
         raise ValueError("peft's DoRA always treats ‖W₀ + ΔW‖ as a constant in backward; "
                          "only detach_norm=True has a peft equivalent")
     tensors = to_peft_state_dict(model)
-    n_layer = model.model_config.n_layer
-    layers = resolve_layers(config.layers, n_layer)
+    # Same field, same meaning; minipeft's own top_layers=N is peft's list of the top N.
+    layers = config.layers_to_transform
+    if config.top_layers is not None:
+        n_layer = model.model_config.n_layer
+        layers = list(range(n_layer - config.top_layers, n_layer))
     meta = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
         "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
         "use_rslora": config.use_rslora, "use_dora": use_dora, "bias": "none",
         "fan_in_fan_out": True,  # GPT-2's layers are Conv1D (weights stored as d_in × d_out)
         "target_modules": [PEFT_MODULES[t] for t in config.target_modules],
-        "layers_to_transform": None if len(layers) == n_layer else layers,
-        "layers_pattern": None if len(layers) == n_layer else "h",
+        "layers_to_transform": layers,
+        "layers_pattern": None if layers is None else "h",
         "inference_mode": True,
     }
     directory = Path(directory)
@@ -534,7 +536,8 @@ def load_peft_adapter(base_model: GPT, directory: str | Path):
     config = config_class(r=int(meta["r"]), alpha=float(meta["lora_alpha"]),
                         dropout=float(meta.get("lora_dropout", 0.0)),
                         use_rslora=bool(meta.get("use_rslora", False)), target_modules=targets,
-                        layers=None if len(layers) == base_model.config.n_layer else layers)
+                        layers_to_transform=None if len(layers) == base_model.config.n_layer
+                        else layers)
     model = get_peft_model(base_model, config)
     model.load_adapter_state_dict(tensors)
     return model

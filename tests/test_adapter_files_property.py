@@ -17,18 +17,27 @@ from helpers import tiny_gpt, tokens
 
 TARGETS = st.lists(st.sampled_from(["q", "k", "v", "o", "fc", "proj"]), min_size=1,
                    max_size=6, unique=True)
-LAYERS = st.one_of(st.none(), st.integers(1, 2), st.lists(st.integers(0, 1), min_size=1,
-                                                           max_size=2, unique=True))
+BLOCKS = st.one_of(
+    st.just({}), st.builds(dict, top_layers=st.integers(1, 2)),
+    st.builds(dict, layers_to_transform=st.one_of(
+        st.integers(0, 1), st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True))))
+
+
+def with_blocks(config_cls, **fields):
+    """Configs of `config_cls` from `fields`' strategies, with a block choice from BLOCKS."""
+    return st.builds(lambda blocks, **values: config_cls(**blocks, **values), BLOCKS, **fields)
+
+
 FINITE = dict(allow_nan=False, allow_infinity=False)
 
 VALID_CONFIGS = st.one_of(
-    st.builds(LoraConfig, target_modules=TARGETS, layers=LAYERS, r=st.integers(1, 4),
-              alpha=st.floats(0.5, 64, **FINITE), dropout=st.just(0.0),
-              use_rslora=st.booleans(), init=st.sampled_from(["kaiming", "gaussian"])),
-    st.builds(AdapterConfig, placement=st.sampled_from(["houlsby", "pfeiffer", "parallel"]),
-              bottleneck_size=st.integers(1, 4), scale=st.floats(0.1, 8, **FINITE),
-              activation=st.sampled_from(["relu", "gelu", "tanh"]), layers=LAYERS),
-    st.builds(IA3Config, target_modules=st.just(["k", "v", "proj"]), layers=LAYERS),
+    with_blocks(LoraConfig, target_modules=TARGETS, r=st.integers(1, 4),
+                alpha=st.floats(0.5, 64, **FINITE), dropout=st.just(0.0),
+                use_rslora=st.booleans(), init=st.sampled_from(["kaiming", "gaussian"])),
+    with_blocks(AdapterConfig, placement=st.sampled_from(["houlsby", "pfeiffer", "parallel"]),
+                bottleneck_size=st.integers(1, 4), scale=st.floats(0.1, 8, **FINITE),
+                activation=st.sampled_from(["relu", "gelu", "tanh"])),
+    with_blocks(IA3Config, target_modules=st.just(["k", "v", "proj"])),
     st.builds(PromptTuningConfig, num_virtual_tokens=st.integers(1, 4), init=st.just("random")),
     st.builds(MaskConfig, selector=st.sampled_from(["random", "pafi"]),
               budget=st.floats(0.001, 0.05, **FINITE), seed=st.integers(0, 5)),

@@ -127,12 +127,13 @@ def test_parallel_beside_both_sublayers():
 
 @pytest.mark.parametrize("placement, adapters_per_block", [
     ("houlsby", 2), ("pfeiffer", 1), ("bapna", 1), ("parallel", 1)])
-@pytest.mark.parametrize("layers", [None, 1, [0]])
-def test_trainable_count_matches_the_formula(placement, adapters_per_block, layers):
+@pytest.mark.parametrize("blocks", [{}, dict(top_layers=1), dict(layers_to_transform=[0]),
+                                    dict(layers_to_transform=0)])
+def test_trainable_count_matches_the_formula(placement, adapters_per_block, blocks):
     model = get_peft_model(random_gpt(), AdapterConfig(placement=placement,
-                                                       reduction_factor=4, layers=layers))
+                                                       reduction_factor=4, **blocks))
     m = D // 4
-    n_blocks = CONFIG.n_layer if layers is None else 1
+    n_blocks = 1 if blocks else CONFIG.n_layer
     per_adapter = 2 * D * m + m + D  # W_down, W_up, b_down, b_up
     trainable, total = model.count_parameters()
     assert trainable == n_blocks * adapters_per_block * per_adapter
@@ -179,7 +180,8 @@ def test_generation_with_a_cache_matches_generation_without(tmp_path):
     (dict(placement="sideways"), "unknown adapter placement"),
     (dict(placement="houlsby", parallel_to="mlp"), "only applies to placement='parallel'"),
     (dict(placement="parallel", parallel_to="ln"), "unknown parallel_to"),
-    (dict(placement="io", layers=1), "takes no `layers`"),
+    (dict(placement="io", top_layers=1), "takes no block choice"),
+    (dict(placement="io", layers_to_transform=[0]), "takes no block choice"),
     (dict(target_modules=["q"]), "not by target_modules"),
     (dict(activation="swish"), "unknown activation"),
     (dict(reduction_factor=0), "reduction_factor must be"),

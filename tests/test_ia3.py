@@ -50,12 +50,13 @@ def test_forward_matches_hooks_that_rescale_the_frozen_model():
     torch.testing.assert_close(model(idx).logits, reference(idx).logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("targets, layers", [
-    (["k", "v", "proj"], None), (["v"], None), (["k", "proj"], 1), (["proj"], [0])])
-def test_trainable_count_matches_the_formula(targets, layers):
-    model = get_peft_model(random_gpt(), IA3Config(target_modules=targets, layers=layers))
+@pytest.mark.parametrize("targets, blocks", [
+    (["k", "v", "proj"], {}), (["v"], {}), (["k", "proj"], dict(top_layers=1)),
+    (["proj"], dict(layers_to_transform=[0]))])
+def test_trainable_count_matches_the_formula(targets, blocks):
+    model = get_peft_model(random_gpt(), IA3Config(target_modules=targets, **blocks))
     width = {"k": CONFIG.d_model, "v": CONFIG.d_model, "proj": CONFIG.d_ff}
-    n_blocks = CONFIG.n_layer if layers is None else 1
+    n_blocks = 1 if blocks else CONFIG.n_layer
     assert model.count_parameters()[0] == n_blocks * sum(width[t] for t in targets)
 
 

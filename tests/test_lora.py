@@ -140,12 +140,36 @@ def test_trainable_count_is_r_times_din_plus_dout_per_target(capsys):
     assert f"{trainable:,}" in capsys.readouterr().out and f"{trainable:,}" in line
 
 
-def test_layers_selects_the_top_blocks_or_a_list():
-    _, top = lora(LoraConfig(r=2, target_modules=["q", "v"], layers=1))
+def test_top_layers_selects_the_top_blocks_and_layers_to_transform_indices():
+    _, top = lora(LoraConfig(r=2, target_modules=["q", "v"], top_layers=1))
     assert [n for n, _ in top.lora_layers()] == ["blocks.2.attn.q", "blocks.2.attn.v"]
-    _, listed = lora(LoraConfig(r=2, target_modules=["fc"], layers=[0, 2]))
+    _, one = lora(LoraConfig(r=2, target_modules=["q", "v"], layers_to_transform=1))
+    assert [n for n, _ in one.lora_layers()] == ["blocks.1.attn.q", "blocks.1.attn.v"]
+    _, listed = lora(LoraConfig(r=2, target_modules=["fc"], layers_to_transform=[0, 2]))
     assert [n for n, _ in listed.lora_layers()] == ["blocks.0.mlp.fc", "blocks.2.mlp.fc"]
     assert listed.count_parameters()[0] == 2 * 2 * (D + 4 * D)
+
+
+@pytest.mark.parametrize("blocks, message", [
+    (dict(layers_to_transform=[1], top_layers=1), "not both"),
+    (dict(layers_to_transform=[]), "non-empty list"),
+    (dict(layers_to_transform=[0, 0]), "distinct"),
+    (dict(layers_to_transform=-1), "int ≥ 0"),
+    (dict(layers_to_transform=[True]), "int ≥ 0"),
+    (dict(top_layers=0), "top_layers must be a positive integer"),
+    (dict(top_layers=[2]), "top_layers must be a positive integer"),
+])
+def test_bad_block_choices_are_rejected_when_the_config_is_made(blocks, message):
+    with pytest.raises(ValueError, match=message):
+        LoraConfig(r=2, target_modules=["q"], **blocks)
+
+
+@pytest.mark.parametrize("blocks, message", [
+    (dict(layers_to_transform=3), "numbered 0..2"), (dict(layers_to_transform=[0, 5]), "0..2"),
+    (dict(top_layers=4), "give 1..3")])
+def test_blocks_beyond_the_model_are_rejected(blocks, message):
+    with pytest.raises(ValueError, match=message):
+        lora(LoraConfig(r=2, target_modules=["q"], **blocks))
 
 
 def test_gradients_reach_only_phi():
@@ -210,7 +234,7 @@ def test_the_tied_head_cannot_be_merged():
 # Saving and loading
 # --------------------------------------------------------------------------------------
 def test_save_then_load_into_a_fresh_base_gives_identical_logits(tmp_path):
-    reference, model = lora(LoraConfig(r=4, alpha=8, target_modules=["q", "v"], layers=2))
+    reference, model = lora(LoraConfig(r=4, alpha=8, target_modules=["q", "v"], top_layers=2))
     randomize_B(model)
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json",

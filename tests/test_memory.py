@@ -29,7 +29,7 @@ def batch():
     return torch.randint(0, 64, (3, 10), generator=g), torch.randint(0, 64, (3, 10), generator=g)
 
 
-CONFIGS = [FullFinetuneConfig(), HeadOnlyConfig(layers=1), BitFitConfig(),
+CONFIGS = [FullFinetuneConfig(), HeadOnlyConfig(top_layers=1), BitFitConfig(),
            MaskConfig(selector="pafi", budget=0.02), MaskConfig(selector="random", budget=0.02),
            MaskConfig(selector="id3", budget=0.02), IntrinsicConfig(d=20),
            IntrinsicConfig(d=5, projection="dense")]

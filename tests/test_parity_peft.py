@@ -6,8 +6,11 @@ here, from minipeft's module to peft's, so the copy does not use minipeft.gpt2's
 and compares the logits in fp32. minipeft's o, fc, proj are GPT-2's attn.c_proj, mlp.c_fc,
 mlp.c_proj.
 """
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 transformers = pytest.importorskip(
     "transformers", reason="the peft parity tests need transformers (pip install -r "
@@ -84,18 +87,20 @@ def logits(model, idx):
 # --------------------------------------------------------------------------------------
 # LoRA and rsLoRA
 # --------------------------------------------------------------------------------------
-def lora_pair(folder, targets=("o", "fc", "proj"), r=4, alpha=6.0, rslora=False, layers=None):
+def lora_pair(folder, targets=("o", "fc", "proj"), r=4, alpha=6.0, rslora=False,
+              layers_to_transform=None):
     """(minipeft LoRA, peft LoRA) with identical random A, B."""
     ours = get_peft_model(ours_base(folder), LoraConfig(
-        r=r, alpha=alpha, target_modules=list(targets), use_rslora=rslora, layers=layers))
+        r=r, alpha=alpha, target_modules=list(targets), use_rslora=rslora,
+        layers_to_transform=layers_to_transform))
     randomize_adapter(ours, seed=2)
     hf_config = peft.LoraConfig(
         r=r, lora_alpha=alpha, use_rslora=rslora, fan_in_fan_out=True,
-        target_modules=[GPT2_PATH[t] for t in targets],
-        layers_to_transform=layers, layers_pattern="h" if layers else None)
+        target_modules=[GPT2_PATH[t] for t in targets], layers_to_transform=layers_to_transform,
+        layers_pattern=None if layers_to_transform is None else "h")
     theirs = peft.get_peft_model(hf_base(folder), hf_config)
     with torch.no_grad():
-        for layer in (layers or range(GPT2_SHAPE["n_layer"])):
+        for layer in (layers_to_transform or range(GPT2_SHAPE["n_layer"])):
             for t in targets:
                 mine = ours.base_model.blocks[layer].get_submodule(OURS_PATH[t])
                 other = hf_block_module(theirs, layer, GPT2_PATH[t])
@@ -129,7 +134,7 @@ def test_rslora_scale_differs_from_lora(gpt2_folder):
 
 def test_lora_on_some_layers_and_gradients_equal_peft(gpt2_folder):
     """Top block only; one loss and its gradients w.r.t. A and B agree too."""
-    ours, theirs = lora_pair(gpt2_folder, targets=("fc",), layers=[1])
+    ours, theirs = lora_pair(gpt2_folder, targets=("fc",), layers_to_transform=[1])
     idx = tokens(length=10, seed=5)
     targets = tokens(length=10, seed=6)
     loss_ours = ours(idx, targets=targets).loss
@@ -300,7 +305,7 @@ def test_adalora_mean_norm_orthogonality_loss_equals_peft(gpt2_folder):
 # Adapter files: minipeft ↔ peft
 # --------------------------------------------------------------------------------------
 def test_minipeft_saves_what_peft_loads(gpt2_folder, tmp_path):
-    ours, _ = lora_pair(gpt2_folder, targets=("o", "proj"), layers=[1])
+    ours, _ = lora_pair(gpt2_folder, targets=("o", "proj"), layers_to_transform=[1])
     save_peft_adapter(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(hf_base(gpt2_folder), tmp_path).eval()
     idx = tokens(seed=8)
@@ -355,6 +360,80 @@ def test_minipeft_lora_on_q_cannot_be_written_for_peft(gpt2_folder, tmp_path):
     with pytest.raises(ValueError, match="attn.q.lora_A.*fuses q, k, v"):
         save_peft_adapter(ours, tmp_path)
     assert not (tmp_path / "adapter_config.json").exists()  # nothing half-written
+
+
+# --------------------------------------------------------------------------------------
+# Which blocks: layers_to_transform as in peft, top_layers minipeft's own
+# --------------------------------------------------------------------------------------
+DEEP_SHAPE = {**GPT2_SHAPE, "n_layer": 4}  # deep enough that "block i" ≠ "the top i blocks"
+
+
+@pytest.fixture(scope="module")
+def deep_gpt2_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2_deep")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(**DEEP_SHAPE)).save_pretrained(folder)
+    return folder
+
+
+def peft_adapted(hf_peft) -> set[tuple[int, str]]:
+    """{(block, GPT-2 module path)} that carry a LoRA layer in a peft model."""
+    found = set()
+    for name, module in hf_peft.named_modules():
+        if isinstance(module, peft.tuners.lora.LoraLayer):
+            block, path = name.split(".transformer.h.")[1].split(".", 1)
+            found.add((int(block), path))
+    return found
+
+
+def ours_adapted(model) -> set[tuple[int, str]]:
+    """The same set for a minipeft LoRA model, in GPT-2's module names."""
+    gpt2_path = {OURS_PATH[t]: GPT2_PATH[t] for t in GPT2_PATH}
+    return {(int(name.split(".")[1]), gpt2_path[name.split(".", 2)[2]])
+            for name, _ in model.lora_layers()}
+
+
+def peft_lora(folder, targets, layers_to_transform):
+    return peft.get_peft_model(hf_base(folder), peft.LoraConfig(
+        r=2, fan_in_fan_out=True, target_modules=[GPT2_PATH[t] for t in targets],
+        layers_to_transform=layers_to_transform, layers_pattern="h"))
+
+
+@pytest.mark.parametrize("layers_to_transform, blocks", [(1, [1]), (0, [0]), ([0, 2], [0, 2]),
+                                                         ([3], [3])])
+def test_layers_to_transform_adapts_the_blocks_peft_adapts(deep_gpt2_folder, tmp_path,
+                                                           layers_to_transform, blocks):
+    """An int is one block index in both libraries (block 1, not the top block); a list is
+    those blocks. The exported file names the same tensors as peft's own file, and each
+    library reads the other's file onto the same modules."""
+    targets = ("o", "fc")
+    expected = {(b, GPT2_PATH[t]) for b in blocks for t in targets}
+    ours = get_peft_model(ours_base(deep_gpt2_folder), LoraConfig(
+        r=2, target_modules=list(targets), layers_to_transform=layers_to_transform))
+    theirs = peft_lora(deep_gpt2_folder, targets, layers_to_transform)
+    assert ours_adapted(ours) == peft_adapted(theirs) == expected
+
+    save_peft_adapter(ours, tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert (load_file(str(tmp_path / "ours" / "adapter_model.safetensors")).keys()
+            == load_file(str(tmp_path / "theirs" / "adapter_model.safetensors")).keys())
+    read_by_peft = peft.PeftModel.from_pretrained(hf_base(deep_gpt2_folder), tmp_path / "ours")
+    assert peft_adapted(read_by_peft) == expected
+    read_by_us = load_peft_adapter(ours_base(deep_gpt2_folder), tmp_path / "theirs")
+    assert ours_adapted(read_by_us) == expected
+
+
+def test_top_layers_is_peft_layers_to_transform_of_the_top_blocks(deep_gpt2_folder, tmp_path):
+    """top_layers=2 on 4 blocks means blocks 2 and 3, which peft writes [2, 3]."""
+    ours = get_peft_model(ours_base(deep_gpt2_folder), LoraConfig(
+        r=2, target_modules=["proj"], top_layers=2))
+    expected = {(2, "mlp.c_proj"), (3, "mlp.c_proj")}
+    assert ours_adapted(ours) == peft_adapted(peft_lora(deep_gpt2_folder, ["proj"], [2, 3])) \
+        == expected
+    save_peft_adapter(ours, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["layers_to_transform"] \
+        == [2, 3]
+    assert peft_adapted(peft.PeftModel.from_pretrained(hf_base(deep_gpt2_folder), tmp_path)) \
+        == expected
 
 
 # --------------------------------------------------------------------------------------

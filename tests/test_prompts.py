@@ -215,7 +215,8 @@ def test_text_init_on_a_model_of_another_vocabulary_is_rejected():
     (dict(init="labels"), "exactly when init='labels'"),
     (dict(num_virtual_tokens=0), "num_virtual_tokens must be"),
     (dict(target_modules=["q"]), "leave target_modules=None"),
-    (dict(layers=1), "input only"),
+    (dict(top_layers=1), "input only"),
+    (dict(layers_to_transform=0), "input only"),
     (dict(init="vocab", init_range=0.1), "needs init='random'"),
     (dict(init="random", init_range=0.0), "init_range must be > 0"),
 ])
@@ -248,26 +249,26 @@ def hand_reparameterized_table(model) -> dict:
             for j, layer in enumerate(model.layer_ids)}
 
 
-@pytest.mark.parametrize("layers", [None, 1])
-def test_prefix_counts_match_the_formulas(layers):
+@pytest.mark.parametrize("top_layers", [None, 1])
+def test_prefix_counts_match_the_formulas(top_layers):
     P, H = 6, 12
-    n_layers = L if layers is None else 1
+    n_layers = L if top_layers is None else 1
     direct = get_peft_model(random_gpt(), PrefixTuningConfig(
-        num_virtual_tokens=P, reparameterize=False, layers=layers))
+        num_virtual_tokens=P, reparameterize=False, top_layers=top_layers))
     assert direct.count_parameters()[0] == n_layers * 2 * P * D
     mlp = get_peft_model(random_gpt(), PrefixTuningConfig(
-        num_virtual_tokens=P, hidden_size=H, layers=layers))
+        num_virtual_tokens=P, hidden_size=H, top_layers=top_layers))
     assert mlp.count_parameters()[0] == (P * D + D * H + H + H * 2 * n_layers * D
                                          + 2 * n_layers * D)
     mlp.fold_reparameterization()
     assert mlp.count_parameters()[0] == n_layers * 2 * P * D
 
 
-@pytest.mark.parametrize("layers", [None, [1]])
-def test_reparameterized_prefix_forward_matches_a_hand_computation(layers):
+@pytest.mark.parametrize("layers_to_transform", [None, [1]])
+def test_reparameterized_prefix_forward_matches_a_hand_computation(layers_to_transform):
     base = random_gpt()
     model = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=3, hidden_size=8,
-                                                    layers=layers))
+                                                    layers_to_transform=layers_to_transform))
     idx = tokens()
     with torch.no_grad():
         expected = hand_forward(base, base.tok_emb.weight[idx], hand_reparameterized_table(model))
@@ -352,7 +353,7 @@ def test_a_second_prefix_argument_is_rejected():
 # --------------------------------------------------------------------------------------
 def test_deep_prompt_keys_values_come_from_the_frozen_layer():
     base = random_gpt()
-    model = get_peft_model(base, DeepPromptConfig(num_virtual_tokens=5, layers=[0, 1]))
+    model = get_peft_model(base, DeepPromptConfig(num_virtual_tokens=5, layers_to_transform=[0, 1]))
     assert model.count_parameters()[0] == L * 5 * D
     table = {}
     for i, block in enumerate(base.blocks):
@@ -371,8 +372,12 @@ def test_deep_prompt_keys_values_come_from_the_frozen_layer():
 
 
 def test_deep_prompt_count_with_some_layers():
-    model = get_peft_model(random_gpt(), DeepPromptConfig(num_virtual_tokens=3, layers=1))
-    assert model.layer_ids == [L - 1] and model.count_parameters()[0] == 3 * D
+    top = get_peft_model(random_gpt(), DeepPromptConfig(num_virtual_tokens=3, top_layers=1))
+    assert top.layer_ids == [L - 1] and top.count_parameters()[0] == 3 * D
+    # An int in layers_to_transform is one block index, as in peft: block 0, not the top.
+    first = get_peft_model(random_gpt(),
+                           DeepPromptConfig(num_virtual_tokens=3, layers_to_transform=0))
+    assert first.layer_ids == [0] and first.count_parameters()[0] == 3 * D
 
 
 # --------------------------------------------------------------------------------------

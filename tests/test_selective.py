@@ -65,7 +65,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 # The presets (full, head_only, bitfit, pafi, random_mask, id3) are checked by
 # test_contract.py; these are the settings no preset uses: the tied head as the only Δ, and
 # an ID3 mask grown over several real training steps before merging.
-ALL_CONFIGS = [HeadOnlyConfig(layers=0, head=True), MaskConfig(selector="id3", budget=0.02)]
+ALL_CONFIGS = [HeadOnlyConfig(top_layers=0, head=True), MaskConfig(selector="id3", budget=0.02)]
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: type(c).__name__)
@@ -99,10 +99,10 @@ def test_full_finetune_trains_every_parameter_once():
 
 def test_head_only_trains_the_top_block_and_ln_f():
     base = tiny_gpt()
-    peft = get_peft_model(base, HeadOnlyConfig(layers=1))
+    peft = get_peft_model(base, HeadOnlyConfig(top_layers=1))
     expected = {n for n, _ in base.named_parameters() if n.startswith(("blocks.1.", "ln_f."))}
     assert set(peft.delta_names.values()) == expected
-    with_head = get_peft_model(tiny_gpt(), HeadOnlyConfig(layers=0, head=True))
+    with_head = get_peft_model(tiny_gpt(), HeadOnlyConfig(top_layers=0, head=True))
     assert set(with_head.delta_names.values()) == {"ln_f.weight", "ln_f.bias", "tok_emb.weight"}
     assert with_head.count_parameters()[0] == 64 * 16 + 2 * 16
 
@@ -152,12 +152,26 @@ def test_bitfit_bad_input():
 
 
 def test_head_only_and_full_bad_input():
-    with pytest.raises(ValueError, match="layers"):
-        HeadOnlyConfig(layers=-1)
+    with pytest.raises(ValueError, match="top_layers must be an integer ≥ 0"):
+        HeadOnlyConfig(top_layers=-1)
+    with pytest.raises(ValueError, match="not both"):  # top_layers=1 is HeadOnly's default
+        HeadOnlyConfig(layers_to_transform=[0])
     with pytest.raises(ValueError, match="HeadOnlyConfig"):
-        FullFinetuneConfig(layers=2)
-    with pytest.raises(ValueError, match="layers"):
-        get_peft_model(tiny_gpt(), HeadOnlyConfig(layers=5))  # the model has 2 blocks
+        FullFinetuneConfig(top_layers=2)
+    with pytest.raises(ValueError, match="HeadOnlyConfig"):
+        FullFinetuneConfig(layers_to_transform=[0])
+    with pytest.raises(ValueError, match="top_layers=5"):
+        get_peft_model(tiny_gpt(), HeadOnlyConfig(top_layers=5))  # the model has 2 blocks
+
+
+def test_head_only_on_named_blocks_or_every_block():
+    base = tiny_gpt()
+    peft = get_peft_model(base, HeadOnlyConfig(layers_to_transform=0, top_layers=None))
+    expected = {n for n, _ in base.named_parameters() if n.startswith(("blocks.0.", "ln_f."))}
+    assert set(peft.delta_names.values()) == expected
+    every = get_peft_model(tiny_gpt(), HeadOnlyConfig(top_layers=None))  # not the embeddings
+    expected = {n for n, _ in base.named_parameters() if n.startswith(("blocks.", "ln_f."))}
+    assert set(every.delta_names.values()) == expected
 
 
 # --------------------------------------------------------------------------------------
@@ -306,7 +320,7 @@ def test_mask_saves_only_indices_and_values(tmp_path, selector):
 
 
 @pytest.mark.parametrize("config", [BitFitConfig(bias_names=["q", "ln_f"]),
-                                    HeadOnlyConfig(layers=1, head=True)],
+                                    HeadOnlyConfig(top_layers=1, head=True)],
                          ids=["bitfit", "head_only"])
 def test_dense_deltas_save_only_the_selected_tensors(tmp_path, config):
     x, _ = batch()

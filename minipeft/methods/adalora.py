@@ -86,6 +86,7 @@ class AdaLoraConfig(PeftConfig):
     delta_t: int = 1
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("init_r", "target_r", "delta_t"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -240,7 +241,8 @@ class AdaLoraModel(PeftModel):
     def inject(self, config: AdaLoraConfig, adapter_name: str) -> None:
         if not isinstance(config, AdaLoraConfig):
             raise TypeError(f"AdaLoraModel needs an AdaLoraConfig, got {type(config).__name__}")
-        for name, module in find_targets(self.base_model, config.target_modules, config.layers):
+        for name, module in find_targets(self.base_model, config.target_modules,
+                                          config.layers_to_transform, config.top_layers):
             if module.weight is self.base_model.tok_emb.weight:
                 raise ValueError("AdaLoRA on 'head' is not supported: head.weight is the tied "
                                  "token embedding, so a merge would change the inputs too")

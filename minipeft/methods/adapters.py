@@ -72,7 +72,8 @@ class AdapterConfig(PeftConfig):
     activation:       σ, one of ACTIVATIONS.
     scale:            s in y + s·A(·); He et al. use s = 4 for the parallel adapter.
     parallel_to:      for placement="parallel" only: "mlp" (default), "attn" or "both".
-    layers:           which blocks get adapters (not for "io", which uses the model's ends).
+    layers_to_transform / top_layers: which blocks get adapters (see PeftConfig; not for
+                      "io", which uses the model's ends).
     """
 
     peft_type: ClassVar[str] = "ADAPTER"
@@ -84,6 +85,7 @@ class AdapterConfig(PeftConfig):
     parallel_to: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown adapter placement {self.placement!r}; "
                              f"choose one of {list(PLACEMENTS)}")
@@ -104,9 +106,10 @@ class AdapterConfig(PeftConfig):
         if self.parallel_to is not None and self.parallel_to not in PARALLEL_TO:
             raise ValueError(f"unknown parallel_to {self.parallel_to!r}; "
                              f"choose one of {list(PARALLEL_TO)}")
-        if self.placement == "io" and self.layers is not None:
+        if self.placement == "io" and self.chooses_blocks():
             raise ValueError("placement='io' puts one adapter before the first block and one "
-                             "after the last; it takes no `layers`, leave layers=None")
+                             "after the last; it takes no block choice, leave "
+                             "layers_to_transform=None and top_layers=None")
 
     def bottleneck(self, d_model: int) -> int:
         """m, the bottleneck width, for a model of width d_model."""
@@ -237,7 +240,7 @@ class AdapterModel(PeftModel):
                                              adapt_output=i == last)
                 replace_module(gpt, f"blocks.{i}", wrapper)
             return
-        for i in resolve_layers(config.layers, len(gpt.blocks)):
+        for i in resolve_layers(config.layers_to_transform, config.top_layers, len(gpt.blocks)):
             for sublayer, kind in config.wrapped_sublayers().items():
                 name = f"blocks.{i}.{sublayer}"
                 wrapper = ADAPTER_KINDS[kind](gpt.get_submodule(name), d, m,

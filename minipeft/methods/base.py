@@ -3,7 +3,7 @@
 A PEFT model is a frozen pretrained GPT plus a small trainable module φ. This file holds
 everything that does not depend on *which* φ:
 
-* `PeftConfig`: the base of every `<Name>Config` dataclass (target modules, layers).
+* `PeftConfig`: the base of every `<Name>Config` dataclass (target modules, which blocks).
 * `get_peft_model(model, config)`: freeze the base, hand it to the method's `PeftModel`
   subclass, which attaches φ.
 * `find_targets` / `replace_module`: the one module-replacement helper. A target name such
@@ -28,7 +28,8 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 import torch.nn as nn
 
-from minipeft.checks import is_int, is_number
+from minipeft.checks import (check_non_negative_int, check_positive_int, is_int,
+                             is_number)
 from minipeft.files import (atomic_directory, read_json_object, read_safetensors,
                             safetensors_bytes, sha256)
 from minipeft.model import GPT, generate_tokens
@@ -55,12 +56,28 @@ class PeftConfig:
     """Fields every method has. Subclasses add their own hyper-parameters.
 
     target_modules: which Linear layers get φ (names from VALID_TARGETS), per block.
-    layers: which blocks; None = all, an int N = the top N blocks, a list = those indices.
+    layers_to_transform: which blocks, as in peft: None = every block, an int i = block i
+        only, a list = those block indices.
+    top_layers: the top N blocks (n_layer − N … n_layer − 1). This one is minipeft's own
+        name, not peft's: "tune the last few blocks" is the classic transfer-learning choice
+        (Donahue et al., 2014), and as a count it does not depend on the depth of the model.
+    Give at most one of the two.
     """
 
     peft_type: ClassVar[str] = "BASE"
+    # Whether top_layers=0 (no block at all) makes sense: only for head-only tuning.
+    allows_zero_top_layers: ClassVar[bool] = False
     target_modules: list[str] | None = None
-    layers: int | list[int] | None = None
+    layers_to_transform: int | list[int] | None = None
+    top_layers: int | None = None
+
+    def __post_init__(self):
+        check_block_choice(self.layers_to_transform, self.top_layers,
+                           self.allows_zero_top_layers)
+
+    def chooses_blocks(self) -> bool:
+        """Whether the config narrows the blocks (otherwise every block is meant)."""
+        return self.layers_to_transform is not None or self.top_layers is not None
 
     def to_dict(self) -> dict:
         return {"peft_type": self.peft_type, **asdict(self)}
@@ -144,27 +161,58 @@ def register_method(config_cls: type[PeftConfig]):
 # --------------------------------------------------------------------------------------
 # Finding and replacing modules
 # --------------------------------------------------------------------------------------
-def resolve_layers(layers: int | list[int] | None, n_layer: int) -> list[int]:
-    """None → every block; N → the top N blocks; a list → those blocks (checked)."""
-    if layers is None:
+def check_block_choice(layers_to_transform: Any, top_layers: Any,
+                       allows_zero_top_layers: bool = False) -> None:
+    """One ValueError unless at most one block selection is given and it is well formed."""
+    if layers_to_transform is not None and top_layers is not None:
+        raise ValueError(f"layers_to_transform={layers_to_transform!r} and "
+                         f"top_layers={top_layers!r}: give one of them, not both "
+                         "(layers_to_transform picks block indices as in peft; top_layers "
+                         "counts blocks from the top); set the other to None")
+    if top_layers is not None:
+        check_count = check_non_negative_int if allows_zero_top_layers else check_positive_int
+        check_count(top_layers, "top_layers")
+    if layers_to_transform is None:
+        return
+    indices = [layers_to_transform] if is_int(layers_to_transform) else layers_to_transform
+    if (not isinstance(indices, list) or not indices
+            or not all(is_int(i) and i >= 0 for i in indices)
+            or len(set(indices)) != len(indices)):
+        raise ValueError(f"layers_to_transform must be a block index (an int ≥ 0) or a "
+                         f"non-empty list of distinct block indices, got "
+                         f"{layers_to_transform!r}; None selects every block (peft reads an "
+                         "empty list that way, minipeft asks for None)")
+
+
+def resolve_layers(layers_to_transform: int | list[int] | None, top_layers: int | None,
+                   n_layer: int) -> list[int]:
+    """The selected block indices, ascending: None and None → every block; an int i in
+    layers_to_transform → block i (peft's meaning); a list → those blocks; top_layers=N →
+    the top N blocks."""
+    check_block_choice(layers_to_transform, top_layers)
+    if top_layers is not None:
+        if top_layers > n_layer:
+            raise ValueError(f"top_layers={top_layers}: the model has {n_layer} blocks; "
+                             f"give 1..{n_layer}")
+        return list(range(n_layer - top_layers, n_layer))
+    if layers_to_transform is None:
         return list(range(n_layer))
-    if isinstance(layers, int):
-        if not 1 <= layers <= n_layer:
-            raise ValueError(f"layers={layers}: the model has {n_layer} blocks; "
-                             f"give 1..{n_layer} (top N blocks) or a list of indices")
-        return list(range(n_layer - layers, n_layer))
-    bad = [i for i in layers if not 0 <= i < n_layer]
-    if bad or not layers:
-        raise ValueError(f"layers={layers}: block indices must be in 0..{n_layer - 1}")
-    return sorted(set(layers))
+    indices = [layers_to_transform] if is_int(layers_to_transform) else layers_to_transform
+    if any(i >= n_layer for i in indices):
+        raise ValueError(f"layers_to_transform={layers_to_transform!r}: the model has "
+                         f"{n_layer} blocks, numbered 0..{n_layer - 1}")
+    return sorted(indices)
 
 
 def find_targets(model: GPT, target_modules: list[str] | None,
-                 layers: int | list[int] | None = None) -> list[tuple[str, nn.Module]]:
+                 layers_to_transform: int | list[int] | None = None,
+                 top_layers: int | None = None) -> list[tuple[str, nn.Module]]:
     """Qualified names and modules for `target_modules` in the selected blocks.
 
-    >>> [n for n, _ in find_targets(gpt, ["q", "v"], layers=1)]   # top block only
+    >>> [n for n, _ in find_targets(gpt, ["q", "v"], top_layers=1)]   # top block only
     ['blocks.3.attn.q', 'blocks.3.attn.v']
+    >>> [n for n, _ in find_targets(gpt, ["q"], layers_to_transform=1)]   # block 1, as in peft
+    ['blocks.1.attn.q']
     """
     if not target_modules:
         raise ValueError(f"target_modules is empty; choose from {list(VALID_TARGETS)}")
@@ -173,7 +221,7 @@ def find_targets(model: GPT, target_modules: list[str] | None,
         raise ValueError(f"unknown target module(s) {unknown}; valid names are "
                          f"{list(VALID_TARGETS)} (matched in every selected block)")
     found = []
-    for i in resolve_layers(layers, len(model.blocks)):
+    for i in resolve_layers(layers_to_transform, top_layers, len(model.blocks)):
         for t in target_modules:
             if t != "head":
                 name = f"blocks.{i}.{BLOCK_MODULES[t]}"
@@ -583,7 +631,8 @@ def wrap_targets(model: GPT, config: PeftConfig,
                  make_layer: Callable[[str, nn.Module], TunerLayer]) -> list[str]:
     """Replace every target of `config` by `make_layer(name, module)`; return the names."""
     names = []
-    for name, module in find_targets(model, config.target_modules, config.layers):
+    for name, module in find_targets(model, config.target_modules, config.layers_to_transform,
+                                      config.top_layers):
         replace_module(model, name, make_layer(name, module))
         names.append(name)
     return names

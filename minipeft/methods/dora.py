@@ -48,7 +48,8 @@ from minipeft.methods.lora import LoraConfig, LoraLayer, LoraModel
 
 @dataclass
 class DoraConfig(LoraConfig):
-    """LoRA's fields (r, alpha, dropout, target_modules, layers, use_rslora, init), plus
+    """LoRA's fields (r, alpha, dropout, target_modules, layers_to_transform,
+    top_layers, use_rslora, init), plus
 
     detach_norm: treat ‖W₀ + (α/r)BA‖_c as a constant in backward (paper, section 4.3).
     """

@@ -46,6 +46,7 @@ class IA3Config(PeftConfig):
     target_modules: list[str] | None = field(default_factory=lambda: list(IA3_TARGETS))
 
     def __post_init__(self):
+        super().__post_init__()
         unsupported = [t for t in self.target_modules or [] if t not in IA3_TARGETS]
         if unsupported:
             raise ValueError(

@@ -49,7 +49,8 @@ class IntrinsicConfig(PeftConfig):
     d: the subspace dimension (the trainable parameter count), 1 ≤ d ≤ D.
     projection: "dense" (small d) or "fastfood" (any d).
     seed: generates P; saving stores the seed, loading regenerates the same P.
-    target_modules / layers: which base entries move (default: all, D = model size).
+    target_modules / layers_to_transform / top_layers: which base entries move (default:
+    all, D = model size).
     """
 
     peft_type: ClassVar[str] = "INTRINSIC"
@@ -58,6 +59,7 @@ class IntrinsicConfig(PeftConfig):
     seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if not isinstance(self.d, int) or self.d <= 0:
             raise ValueError(f"d={self.d} must be a positive integer: the number of "
                              "directions φ can move in")
@@ -141,7 +143,8 @@ class IntrinsicModel(DeltaModel):
 
     def inject(self, config: IntrinsicConfig, adapter_name: str) -> None:
         self.merged = False
-        self.pool = candidate_parameters(self.base_model, config.target_modules, config.layers)
+        self.pool = candidate_parameters(self.base_model, config.target_modules,
+                                         config.layers_to_transform, config.top_layers)
         self.D = sum(p.numel() for p in self.pool.values())
         if config.d > self.D:
             raise ValueError(f"d={config.d} exceeds the {self.D:,} parameters being "

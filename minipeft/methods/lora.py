@@ -54,7 +54,7 @@ class LoraConfig(PeftConfig):
 
     r: rank of ΔW = B A.  alpha: α in the scale α/r (or α/√r with use_rslora).
     dropout: dropout probability on the LoRA branch's input x (the base path sees x as is).
-    target_modules / layers: where to put it (see PeftConfig); layers=N → top N blocks.
+    target_modules / layers_to_transform / top_layers: where to put it (see PeftConfig).
     init: "kaiming" (uniform, as nn.Linear) or "gaussian" (as in Hu et al.) for A; B = 0.
     """
 
@@ -67,6 +67,7 @@ class LoraConfig(PeftConfig):
     init: str = "kaiming"
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"LoRA rank r must be a positive integer, got r={self.r!r}")
         check_positive(self.alpha, "alpha (the update is scaled by alpha/r)")
@@ -236,7 +237,8 @@ class LoraModel(PeftModel):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                             f"got {type(config).__name__}")
         check_adapter_name(adapter_name)
-        targets = find_targets(self.base_model, config.target_modules, config.layers)
+        targets = find_targets(self.base_model, config.target_modules,
+                               config.layers_to_transform, config.top_layers)
         for name, module in targets:  # check every target before changing anything
             d, k = (module.base_layer if isinstance(module, LoraLayer) else module).weight.shape
             if config.r > min(d, k):
@@ -361,7 +363,7 @@ class LoraModel(PeftModel):
                  for name in adapters}
         if len({tuple(modules) for modules in where.values()}) > 1:
             raise ValueError(f"adapters sit on different modules {where}; only adapters with "
-                             "the same target_modules and layers can be combined")
+                             "the same target_modules and blocks can be combined")
         if adapter_name in self.configs:
             raise ValueError(f"an adapter named {adapter_name!r} exists already")
         return [self.configs[name] for name in adapters]

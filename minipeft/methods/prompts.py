@@ -102,10 +102,12 @@ class PromptTuningConfig(PeftConfig):
     init_range: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_virtual_tokens(self)
-        if self.layers is not None:
-            raise ValueError("a soft prompt enters at the input only; leave layers=None "
-                             "(DeepPromptConfig puts prompts into chosen layers)")
+        if self.chooses_blocks():
+            raise ValueError("a soft prompt enters at the input only; leave "
+                             "layers_to_transform=None and top_layers=None (DeepPromptConfig "
+                             "puts prompts into chosen blocks)")
         if self.init not in PROMPT_INITS:
             raise ValueError(f"unknown prompt init {self.init!r}; choose one of "
                              f"{list(PROMPT_INITS)}")
@@ -275,7 +277,8 @@ class KeyValuePrefixModel(InputCompositionModel):
 
 @dataclass
 class PrefixTuningConfig(PeftConfig):
-    """P = num_virtual_tokens key/value vectors per adapted layer (`layers`, default all).
+    """P = num_virtual_tokens key/value vectors per adapted layer (`layers_to_transform` or
+    `top_layers`, default all).
 
     reparameterize: train through the MLP P' → [Pk; Pv] (Li & Liang); fold it away with
                     `fold_reparameterization()` after training.
@@ -288,6 +291,7 @@ class PrefixTuningConfig(PeftConfig):
     hidden_size: int | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_virtual_tokens(self)
         if self.hidden_size is not None and not self.reparameterize:
             raise ValueError("hidden_size is the re-parameterisation MLP's width; it needs "
@@ -327,7 +331,8 @@ class PrefixTuningModel(KeyValuePrefixModel):
 
     def inject(self, config: PrefixTuningConfig, adapter_name: str) -> None:
         gpt = self.base_model
-        self.layer_ids = resolve_layers(config.layers, gpt.config.n_layer)
+        self.layer_ids = resolve_layers(config.layers_to_transform, config.top_layers,
+                                        gpt.config.n_layer)
         n_prefix, d, n_layers = config.num_virtual_tokens, gpt.config.d_model, len(self.layer_ids)
         if config.reparameterize:
             self.prefix_input = nn.Parameter(torch.randn(n_prefix, d))  # P': (P, d)
@@ -366,12 +371,14 @@ class PrefixTuningModel(KeyValuePrefixModel):
 
 @dataclass
 class DeepPromptConfig(PeftConfig):
-    """P = num_virtual_tokens prompt vectors in every adapted layer (`layers`, default all)."""
+    """P = num_virtual_tokens prompt vectors in every adapted layer (`layers_to_transform`
+    or `top_layers`, default all)."""
 
     peft_type: ClassVar[str] = "DEEP_PROMPT"
     num_virtual_tokens: int = 10
 
     def __post_init__(self):
+        super().__post_init__()
         check_virtual_tokens(self)
 
 
@@ -381,7 +388,8 @@ class DeepPromptModel(KeyValuePrefixModel):
 
     def inject(self, config: DeepPromptConfig, adapter_name: str) -> None:
         gpt = self.base_model
-        self.layer_ids = resolve_layers(config.layers, gpt.config.n_layer)
+        self.layer_ids = resolve_layers(config.layers_to_transform, config.top_layers,
+                                        gpt.config.n_layer)
         # p_ℓ start as the hidden states of a random token sequence: (L', P, d)
         self.deep_prompts = nn.Parameter(
             real_token_states(gpt, self.layer_ids, config.num_virtual_tokens))

@@ -58,22 +58,28 @@ from minipeft.model import GPT
 # Which base tensors a method may touch
 # --------------------------------------------------------------------------------------
 def candidate_parameters(model: GPT, target_modules: list[str] | None = None,
-                         layers: int | list[int] | None = None) -> dict[str, nn.Parameter]:
+                         layers_to_transform: int | list[int] | None = None,
+                         top_layers: int | None = None) -> dict[str, nn.Parameter]:
     """The base tensors a selective method may change, by name, in a fixed order.
 
-    * no target_modules, no layers → every parameter (E counted once: the tied head is E);
-    * no target_modules, layers    → every parameter inside the selected blocks;
-    * target_modules               → weight and bias of those Linear layers in the selected
-                                     blocks; "head" means the tied matrix E (tok_emb.weight).
+    * no target_modules, no blocks chosen → every parameter (E counted once: the tied head
+                                            is E);
+    * no target_modules, blocks chosen    → every parameter inside the selected blocks;
+    * target_modules                      → weight and bias of those Linear layers in the
+                                            selected blocks; "head" means the tied matrix E
+                                            (tok_emb.weight).
+    Blocks are chosen by `layers_to_transform` or `top_layers` (see PeftConfig).
     """
     everything = dict(model.named_parameters())  # named_parameters() lists a tied tensor once
-    if target_modules is None and layers is None:
+    if target_modules is None and layers_to_transform is None and top_layers is None:
         return everything
     if target_modules is None:
-        prefixes = tuple(f"blocks.{i}." for i in resolve_layers(layers, len(model.blocks)))
+        blocks = resolve_layers(layers_to_transform, top_layers, len(model.blocks))
+        prefixes = tuple(f"blocks.{i}." for i in blocks)
         return {n: p for n, p in everything.items() if n.startswith(prefixes)}
     chosen = {}
-    for name, module in find_targets(model, target_modules, layers):  # checks the names
+    for name, module in find_targets(model, target_modules, layers_to_transform,
+                                     top_layers):  # checks the names
         if name == "head":
             name, module = head_tensor_owner(model)
         for pname, p in module.named_parameters(prefix=name):
@@ -209,11 +215,13 @@ class FullFinetuneConfig(PeftConfig):
     peft_type: ClassVar[str] = "FULL"
 
     def __post_init__(self):
+        super().__post_init__()
         _reject_targets(self, "full fine-tuning trains everything (use HeadOnlyConfig or "
                               "MaskConfig to train a subset)")
-        if self.layers is not None:
+        if self.chooses_blocks():
             raise ValueError("FullFinetuneConfig trains every block; to train only the top "
-                             "blocks use HeadOnlyConfig(layers=N)")
+                             "blocks use HeadOnlyConfig(top_layers=N), to train chosen blocks "
+                             "HeadOnlyConfig(layers_to_transform=[i, ...], top_layers=None)")
 
 
 @register_method(FullFinetuneConfig)
@@ -229,30 +237,33 @@ class FullFinetuneModel(DenseDeltaModel):
 class HeadOnlyConfig(PeftConfig):
     """Tune only the top of the network on frozen lower features (Donahue et al., 2014).
 
-    layers: the top N blocks (an int), those block indices (a list), 0 for none, or None
-            for all blocks. The final LayerNorm ln_f always trains.
+    top_layers: the top N blocks (default 1), or 0 for no block. To name the blocks
+            instead, give layers_to_transform (an index or a list, as in peft) with
+            top_layers=None; both None trains every block. The final LayerNorm ln_f always
+            trains.
     head:   also tune the LM head. It is tied to the token embedding E, so this trains E
             (vocab_size × d entries: a quarter of `small`) and moves the input embedding too.
     """
 
     peft_type: ClassVar[str] = "HEAD_ONLY"
-    layers: int | list[int] | None = 1
+    allows_zero_top_layers: ClassVar[bool] = True  # 0 = no block: only ln_f (and the head)
+    top_layers: int | None = 1
     head: bool = False
 
     def __post_init__(self):
-        _reject_targets(self, "it trains whole blocks: choose them with layers=N (the top N) "
-                              "or layers=[i, ...]")
-        if isinstance(self.layers, int) and self.layers < 0:
-            raise ValueError(f"layers={self.layers}: give the number of top blocks to tune "
-                             "(0 = only ln_f and the head)")
+        super().__post_init__()
+        _reject_targets(self, "it trains whole blocks: choose them with top_layers=N (the "
+                              "top N) or layers_to_transform=[i, ...] with top_layers=None")
 
 
 @register_method(HeadOnlyConfig)
 class HeadOnlyModel(DenseDeltaModel):
     def selected_parameters(self, config: HeadOnlyConfig) -> list[str]:
         model = self.base_model
-        no_blocks = config.layers == 0 or config.layers == []
-        names = [] if no_blocks else list(candidate_parameters(model, layers=config.layers))
+        blocks = [] if config.top_layers == 0 else resolve_layers(
+            config.layers_to_transform, config.top_layers, len(model.blocks))
+        prefixes = tuple(f"blocks.{i}." for i in blocks)
+        names = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
         names += [n for n, _ in model.ln_f.named_parameters(prefix="ln_f")]
         if config.head:
             owner, _ = head_tensor_owner(model)
@@ -277,13 +288,15 @@ class BitFitConfig(PeftConfig):
     second MLP bias). b_k is allowed but learns nothing: its gradient is exactly zero,
     because q·b_k is added to every attention score of a query and softmax ignores a
     constant shift.
-    layers: which blocks (None = all); ln_f is outside the blocks and follows bias_names.
+    layers_to_transform / top_layers: which blocks (default all); ln_f is outside the blocks
+    and follows bias_names.
     """
 
     peft_type: ClassVar[str] = "BITFIT"
     bias_names: list[str] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         _reject_targets(self, "choose biases with bias_names=[...] from "
                               f"{list(VALID_BIASES)}")
         if self.bias_names is not None:
@@ -298,7 +311,8 @@ class BitFitModel(DenseDeltaModel):
     def selected_parameters(self, config: BitFitConfig) -> list[str]:
         wanted = config.bias_names or list(VALID_BIASES)
         names = [f"blocks.{i}.{BIAS_MODULES[b]}.bias"
-                 for i in resolve_layers(config.layers, len(self.base_model.blocks))
+                 for i in resolve_layers(config.layers_to_transform, config.top_layers,
+                                         len(self.base_model.blocks))
                  for b in wanted if b != "ln_f"]
         if "ln_f" in wanted:
             names.append("ln_f.bias")
@@ -326,7 +340,8 @@ class MaskConfig(PeftConfig):
                     unmask_steps, default: the whole run), adds the K/T not-yet-chosen
                     entries of largest H(θ) = |∇θ|² / (|θ| + ε)^exp (ID3).
     budget: the fraction of the pool that trains, in (0, 1].
-    target_modules / layers: the pool (see `candidate_parameters`); default every parameter.
+    target_modules / layers_to_transform / top_layers: the pool (see `candidate_parameters`);
+    default every parameter.
     """
 
     peft_type: ClassVar[str] = "MASK"
@@ -340,6 +355,7 @@ class MaskConfig(PeftConfig):
     unmask_steps: int | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.selector not in SELECTORS:
             raise ValueError(f"unknown selector {self.selector!r}; choose from {list(SELECTORS)}")
         if not 0 < self.budget <= 1:
@@ -458,7 +474,8 @@ class MaskModel(DeltaModel):
 
     def inject(self, config: MaskConfig, adapter_name: str) -> None:
         self.merged = False
-        self.pool = candidate_parameters(self.base_model, config.target_modules, config.layers)
+        self.pool = candidate_parameters(self.base_model, config.target_modules,
+                                         config.layers_to_transform, config.top_layers)
         self.pool_offsets = {}
         offset = 0
         for name, p in self.pool.items():
@@ -586,7 +603,7 @@ class MaskModel(DeltaModel):
         bad = (self.mask_indices >= self.pool_size) | (self.mask_indices < -1)
         if bad.any():
             raise ValueError("mask_indices point outside the parameter pool: was the adapter "
-                             "saved with other target_modules/layers or another base size?")
+                             "saved with other target_modules/blocks or another base size?")
         chosen = self.mask_indices[self.mask_indices >= 0]
         if len(chosen.unique()) != len(chosen):
             raise ValueError("mask_indices name the same entry twice, which no selector "
@@ -600,7 +617,7 @@ class MaskModel(DeltaModel):
 # --------------------------------------------------------------------------------------
 PRESETS = {
     "full": lambda: FullFinetuneConfig(),
-    "head_only": lambda: HeadOnlyConfig(layers=1),
+    "head_only": lambda: HeadOnlyConfig(top_layers=1),
     "bitfit": lambda: BitFitConfig(),
     "fish": lambda: MaskConfig(selector="fisher", budget=0.005, task="sentiment"),
     "pafi": lambda: MaskConfig(selector="pafi", budget=0.005),
