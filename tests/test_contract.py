@@ -310,7 +310,7 @@ def expected_trainable(preset: str) -> int:
         return base_size()
     if preset == "head_only":  # the top block and ln_f (Donahue et al., 2014)
         block = 4 * (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d) + 2 * (2 * d)
-        return c.layers * block + 2 * d
+        return c.top_layers * block + 2 * d
     if preset == "bitfit":  # biases of q k v o fc proj ln1 ln2, and ln_f (Ben-Zaken et al.)
         return L * (4 * d + d_ff + d + 2 * d) + d
     if preset in ("fish", "pafi", "random_mask", "id3"):  # K = ⌈budget · N⌉ entries
