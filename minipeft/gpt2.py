@@ -40,7 +40,8 @@ from safetensors.torch import load_file
 
 from minipeft.files import atomic_directory, safetensors_bytes
 from minipeft.methods.base import (BLOCK_MODULES, CONFIG_NAME, WEIGHTS_NAME, check_save_target,
-                                   get_peft_model, is_peft_config, read_adapter_config)
+                                   get_peft_model, is_peft_config, read_adapter_config,
+                                   saved_key)
 from minipeft.methods.dora import DoraConfig
 from minipeft.methods.lora import LoraConfig
 from minipeft.model import GPT, GPTConfig
@@ -434,7 +435,8 @@ PEFT_MODULES = {"o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"}
 PEFT_PREFIX = "base_model.model.transformer.h."
 PEFT_KEY = re.compile(r"base_model\.model\.transformer\.h\.(\d+)\.(.+)\."
                       r"(lora_[AB]\.weight|lora_magnitude_vector)")
-OURS_KEY = re.compile(r"blocks\.(\d+)\.(?:attn|mlp)\.(\w+)\.(lora_[AB]|lora_magnitude)")
+OURS_KEY = re.compile(r"base_model\.blocks\.(\d+)\.(?:attn|mlp)\.(\w+)\."
+                      r"(lora_[AB]|lora_magnitude)")
 # minipeft tensor suffix ↔ peft tensor suffix. Shapes agree: peft's lora_A is an
 # nn.Linear(d_in, r) even around a Conv1D, so both store A as (r, d_in) and B as (d_out, r);
 # DoRA's magnitude m is one number per output feature in both, (d_out,).
@@ -450,7 +452,7 @@ def to_peft_state_dict(model) -> dict[str, torch.Tensor]:
     """The active LoRA adapter's tensors under the names peft gives them on GPT2LMHeadModel."""
     out = {}
     for key, tensor in model.adapter_state_dict().items():
-        match = OURS_KEY.fullmatch(key)  # "blocks.3.attn.o.lora_A" → ("3", "o", "lora_A")
+        match = OURS_KEY.fullmatch(key)  # "base_model.blocks.3.attn.o.lora_A" → 3, o, lora_A
         if match is None or match.group(2) not in PEFT_MODULES:
             raise ValueError(f"{key}: peft's GPT-2 has no module that equals this one; only "
                              f"LoRA on {list(PEFT_MODULES)} maps one to one (GPT-2 fuses q, k, "
@@ -526,7 +528,7 @@ def load_peft_adapter(base_model: GPT, directory: str | Path):
         target = {hf: ours for ours, hf in PEFT_MODULES.items()}[hf_module]
         suffix = {hf: ours for ours, hf in PEFT_TENSORS.items()}[match.group(3)]
         where.add((layer, target))
-        tensors[f"blocks.{layer}.{BLOCK_MODULES[target]}.{suffix}"] = tensor
+        tensors[saved_key(f"blocks.{layer}.{BLOCK_MODULES[target]}", suffix)] = tensor
     layers = sorted({layer for layer, _ in where})
     targets = [t for t in PEFT_MODULES if any(t == m for _, m in where)]  # o, fc, proj order
     if where != {(layer, t) for layer in layers for t in targets}:

@@ -213,7 +213,7 @@ def test_trainable_count_is_r_times_din_plus_dout_plus_one():
     (dict(t_init=0.6, t_final=0.5), "no steps for pruning"),
     (dict(beta1=1.0), "beta1"),
     (dict(orth_reg_weight=-1), "orth_reg_weight"),
-    (dict(orth_reg_form="peft"), "orth_reg_form='peft' is unknown"),
+    (dict(orth_reg_form="peft"), "unknown orth_reg_form 'peft'; choose one of"),
 ])
 def test_bad_configs(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -221,7 +221,7 @@ def test_bad_configs(bad, message):
 
 
 def test_bad_models_and_calls():
-    with pytest.raises(ValueError, match="exceeds min"):
+    with pytest.raises(ValueError, match=r"init_r=20 is larger than min\(d_out, d_in\)"):
         get_peft_model(tiny_gpt(), AdaLoraConfig(init_r=20, target_r=4))
     with pytest.raises(ValueError, match="tied"):
         get_peft_model(tiny_gpt(), AdaLoraConfig(init_r=4, target_r=2, target_modules=["head"]))

@@ -218,7 +218,7 @@ def test_text_init_on_a_model_of_another_vocabulary_is_rejected():
     (dict(top_layers=1), "input only"),
     (dict(layers_to_transform=0), "input only"),
     (dict(init="vocab", init_range=0.1), "needs init='random'"),
-    (dict(init="random", init_range=0.0), "init_range must be > 0"),
+    (dict(init="random", init_range=0.0), "init_range must be positive"),
 ])
 def test_bad_prompt_configs_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -313,9 +313,9 @@ def test_memory_is_smaller_than_fp32():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(block_size=48), "not a multiple of block_size=48"),  # 16·16 = 256 is not 48·k
-    (dict(block_size=7), "positive even integer"),
+    (dict(block_size=7), "block_size must be even"),
     (dict(double_quant_block_size=0), "positive integer"),
-    (dict(double_quant_code="fp8"), "double_quant_code='fp8' is unknown"),
+    (dict(double_quant_code="fp8"), "unknown double_quant_code .fp8.; choose one of"),
     (dict(double_quant="yes"), "True or False"),
     (dict(target_modules=["head"]), "tied token embedding"),
 ])

@@ -50,8 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipeft.checks import (check_choice, check_fraction, check_non_negative, check_positive,
+                             check_positive_int)
 from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, find_targets,
-                                   register_method, wrap_targets)
+                                   place_layers, register_method, saved_key)
 
 ALL_LINEARS = ["q", "k", "v", "o", "fc", "proj"]
 ORTH_REG_FORMS = ("squared_sum", "mean_norm")
@@ -88,29 +90,19 @@ class AdaLoraConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("init_r", "target_r", "delta_t"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         if self.target_r > self.init_r:
             raise ValueError(f"target_r={self.target_r} > init_r={self.init_r}: AdaLoRA only "
                              "prunes ranks, so start at least as high as the target "
                              "(e.g. init_r = 1.5 × target_r)")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.orth_reg_weight < 0:
-            raise ValueError(f"orth_reg_weight (γ) must be ≥ 0, got {self.orth_reg_weight}")
-        if self.orth_reg_form not in ORTH_REG_FORMS:
-            raise ValueError(f"orth_reg_form={self.orth_reg_form!r} is unknown; choose "
-                             "'squared_sum' (the paper's Eq. 4) or 'mean_norm' (peft's)")
+        check_positive(self.alpha, "alpha")
+        check_fraction(self.dropout, "dropout")
+        check_non_negative(self.orth_reg_weight, "orth_reg_weight (γ)")
+        check_choice(self.orth_reg_form, ORTH_REG_FORMS, "orth_reg_form")
         for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+            check_fraction(getattr(self, name), name)
         for name in ("t_init", "t_final"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} is a fraction of the run, must be in [0, 1), got "
-                                 f"{getattr(self, name)}")
+            check_fraction(getattr(self, name), f"{name} (a fraction of the run)")
         if self.t_init + self.t_final >= 1.0:
             raise ValueError(f"t_init + t_final = {self.t_init + self.t_final} leaves no "
                              "steps for pruning; keep their sum below 1 (paper-like: 0.1, 0.2)")
@@ -239,17 +231,10 @@ class AdaLoraModel(PeftModel):
     """A frozen GPT whose target Linear layers are AdaLoraLayers sharing one rank budget."""
 
     def inject(self, config: AdaLoraConfig, adapter_name: str) -> None:
-        if not isinstance(config, AdaLoraConfig):
-            raise TypeError(f"AdaLoraModel needs an AdaLoraConfig, got {type(config).__name__}")
-        for name, module in find_targets(self.base_model, config.target_modules,
-                                          config.layers_to_transform, config.top_layers):
-            if module.weight is self.base_model.tok_emb.weight:
-                raise ValueError("AdaLoRA on 'head' is not supported: head.weight is the tied "
-                                 "token embedding, so a merge would change the inputs too")
-            if config.init_r > min(module.weight.shape):
-                raise ValueError(f"init_r={config.init_r} exceeds min(d_out, d_in) = "
-                                 f"{min(module.weight.shape)} at {name}; lower init_r")
-        wrap_targets(self.base_model, config, lambda name, module: AdaLoraLayer(module, config))
+        targets = find_targets(self.base_model, config.target_modules,
+                               config.layers_to_transform, config.top_layers)
+        place_layers(self.base_model, targets, lambda name, module: AdaLoraLayer(module, config),
+                     rank=config.init_r, rank_name="init_r", method="AdaLoRA")
         self.pattern_frozen = False
 
     def adalora_layers(self) -> list[tuple[str, AdaLoraLayer]]:
@@ -321,7 +306,7 @@ class AdaLoraModel(PeftModel):
         """P, λ, Q and the keep-masks (a loaded adapter has the same pruned ranks)."""
         tensors = super().adapter_state_dict(adapter_name)
         for name, layer in self.adalora_layers():
-            tensors[f"base_model.{name}.rank_mask"] = layer.rank_mask
+            tensors[saved_key(name, "rank_mask")] = layer.rank_mask
         return tensors
 
 

@@ -45,9 +45,9 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from minipeft.checks import check_positive
-from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, register_method,
-                                   replace_module, resolve_layers)
+from minipeft.checks import check_choice, check_positive, check_positive_int
+from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, place_layers,
+                                   register_method, resolve_layers)
 
 SEQUENTIAL_PLACEMENTS = {  # placement → the sub-layers that get an adapter after them
     "houlsby": ("attn", "mlp"),
@@ -86,26 +86,20 @@ class AdapterConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"unknown adapter placement {self.placement!r}; "
-                             f"choose one of {list(PLACEMENTS)}")
+        check_choice(self.placement, PLACEMENTS, "adapter placement")
         if self.target_modules is not None:
             raise ValueError("adapters are placed by `placement`, not by target_modules; "
                              "leave target_modules=None")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; "
-                             f"choose one of {list(ACTIVATIONS)}")
-        if self.reduction_factor < 1:
-            raise ValueError(f"reduction_factor must be ≥ 1, got {self.reduction_factor}")
-        if self.bottleneck_size is not None and self.bottleneck_size < 1:
-            raise ValueError(f"bottleneck_size must be ≥ 1, got {self.bottleneck_size}")
+        check_choice(self.activation, ACTIVATIONS, "activation")
+        check_positive_int(self.reduction_factor, "reduction_factor")
+        if self.bottleneck_size is not None:
+            check_positive_int(self.bottleneck_size, "bottleneck_size")
         check_positive(self.scale, "scale (s in y + s·A(·))")
         if self.parallel_to is not None and self.placement != "parallel":
             raise ValueError(f"parallel_to={self.parallel_to!r} only applies to "
                              f"placement='parallel' (this config has {self.placement!r})")
-        if self.parallel_to is not None and self.parallel_to not in PARALLEL_TO:
-            raise ValueError(f"unknown parallel_to {self.parallel_to!r}; "
-                             f"choose one of {list(PARALLEL_TO)}")
+        if self.parallel_to is not None:
+            check_choice(self.parallel_to, PARALLEL_TO, "parallel_to")
         if self.placement == "io" and self.chooses_blocks():
             raise ValueError("placement='io' puts one adapter before the first block and one "
                              "after the last; it takes no block choice, leave "
@@ -229,24 +223,38 @@ class AdapterModel(PeftModel):
     """Frozen GPT with bottleneck adapters wrapped around its sub-layers (see module doc)."""
 
     def inject(self, config: AdapterConfig, adapter_name: str) -> None:
-        gpt = self.base_model
-        d = gpt.config.d_model
+        d = self.base_model.config.d_model
         m = config.bottleneck(d)
         if config.placement == "io":
-            first, last = 0, len(gpt.blocks) - 1
-            for i in sorted({first, last}):
-                wrapper = InputOutputAdapter(gpt.blocks[i], d, m, config.activation,
-                                             config.scale, adapt_input=i == first,
-                                             adapt_output=i == last)
-                replace_module(gpt, f"blocks.{i}", wrapper)
-            return
-        for i in resolve_layers(config.layers_to_transform, config.top_layers, len(gpt.blocks)):
-            for sublayer, kind in config.wrapped_sublayers().items():
-                name = f"blocks.{i}.{sublayer}"
-                wrapper = ADAPTER_KINDS[kind](gpt.get_submodule(name), d, m,
-                                              config.activation, config.scale)
-                replace_module(gpt, name, wrapper)
+            targets = self.end_blocks()
+            first, last = targets[0][0], targets[-1][0]  # the same block in a 1-block model
 
+            def make_adapter(name: str, block: nn.Module) -> AdapterLayer:
+                return InputOutputAdapter(block, d, m, config.activation, config.scale,
+                                          adapt_input=name == first, adapt_output=name == last)
+        else:
+            kinds = config.wrapped_sublayers()  # {"attn" / "mlp": "sequential" / "parallel"}
+            targets = self.sublayers(config, kinds)
+
+            def make_adapter(name: str, sublayer: nn.Module) -> AdapterLayer:
+                kind = kinds[name.rpartition(".")[2]]
+                return ADAPTER_KINDS[kind](sublayer, d, m, config.activation, config.scale)
+        place_layers(self.base_model, targets, make_adapter, method="a bottleneck adapter")
+
+    def end_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The first and the last block (one entry if they are the same block)."""
+        blocks = self.base_model.blocks
+        return [(f"blocks.{i}", blocks[i]) for i in sorted({0, len(blocks) - 1})]
+
+    def sublayers(self, config: AdapterConfig,
+                  kinds: dict[str, str]) -> list[tuple[str, nn.Module]]:
+        """The attention / MLP modules that get an adapter, block by block."""
+        gpt = self.base_model
+        names = [f"blocks.{i}.{sublayer}"
+                 for i in resolve_layers(config.layers_to_transform, config.top_layers,
+                                         len(gpt.blocks))
+                 for sublayer in kinds]
+        return [(name, gpt.get_submodule(name)) for name in names]
 
 PRESETS = {
     "houlsby": lambda: AdapterConfig(placement="houlsby", reduction_factor=16),

@@ -6,14 +6,23 @@ everything that does not depend on *which* φ:
 * `PeftConfig`: the base of every `<Name>Config` dataclass (target modules, which blocks).
 * `get_peft_model(model, config)`: freeze the base, hand it to the method's `PeftModel`
   subclass, which attaches φ.
-* `find_targets` / `replace_module`: the one module-replacement helper. A target name such
-  as "q" is matched in every selected block (`blocks.3.attn.q`); an unknown name is an error.
+* `find_targets`: a target name such as "q" is matched in every selected block
+  (`blocks.3.attn.q`); an unknown name is an error.
+* `place_layers`: the one way a method puts its layers into the base. The method names its
+  targets (with find_targets, or its own rule for adapters around sub-layers and blocks)
+  and how to build the layer that replaces each; place_layers checks every target first
+  (rank, tied head), then replaces them in order.
 * `TunerLayer`: a frozen base module wrapped with φ; knows how to merge/unmerge/disable.
 * `PeftModel`: forward, generate, print_trainable_parameters, save_pretrained /
   from_pretrained (only φ is saved), disable_adapter(), merge_and_unload().
 
 Each method registers its config and model class with `register_method`, so
 `get_peft_model` and `from_pretrained` can find them by the config's `peft_type`.
+
+Saved adapter files name every tensor as the PeftModel's own `state_dict()` does, e.g.
+`base_model.blocks.0.attn.q.lora_A` or `prompt`, except that a LoRA-family adapter's own
+name ("default") is left out, so a file loads into an adapter of any name. Hugging Face
+peft names its tensors the same way (`base_model.model.…lora_A.weight`, no adapter name).
 """
 from __future__ import annotations
 
@@ -153,6 +162,7 @@ def register_method(config_cls: type[PeftConfig]):
 
     def decorator(model_cls):
         METHODS[config_cls.peft_type] = (config_cls, model_cls)
+        model_cls.config_class = config_cls
         return model_cls
 
     return decorator
@@ -231,6 +241,14 @@ def find_targets(model: GPT, target_modules: list[str] | None,
     return found
 
 
+def saved_key(module_name: str, tensor_name: str) -> str:
+    """The name a layer's tensor has in saved files: its name in the PeftModel's state_dict.
+
+    module_name is relative to the base GPT ('blocks.0.attn.q'), as tuner_layers() gives it.
+    """
+    return f"base_model.{module_name}.{tensor_name}"
+
+
 def replace_module(root: nn.Module, qualified_name: str, new: nn.Module) -> None:
     """Put `new` where `qualified_name` (e.g. 'blocks.0.attn.q') is inside `root`."""
     parent_name, _, child = qualified_name.rpartition(".")
@@ -285,6 +303,44 @@ class TunerLayer(nn.Module):
         self.merged = False
 
 
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The frozen base module inside a TunerLayer (the module itself if it is not wrapped)."""
+    return module.base_layer if isinstance(module, TunerLayer) else module
+
+
+def place_layers(model: GPT, targets: list[tuple[str, nn.Module]],
+                 make_layer: Callable[[str, nn.Module], nn.Module], *,
+                 rank: int | None = None, rank_name: str = "r",
+                 allow_tied_head: bool = False, method: str = "this method") -> None:
+    """Replace every target (qualified name, module) of `model` by make_layer(name, module).
+
+    The targets come from find_targets (Linear layers) or from the method's own rule
+    (adapters wrap attention/MLP sub-layers or whole blocks). make_layer is called in the
+    order of `targets`, so random initial values are drawn in that order; it may return
+    the module it was given (a LoraLayer receiving a second adapter).
+
+    Every target is checked before the first is replaced, so a refusal changes nothing:
+    * rank: a rank-r update of a d_out × d_in weight needs r ≤ min(d_out, d_in) (a higher
+      rank adds parameters but no expressiveness);
+    * the LM head shares its weight with the token embedding E (weight tying): a method
+      whose update is merged into that weight would change the input embeddings too, so it
+      is refused unless allow_tied_head (LoRA keeps such a head unmerged).
+    """
+    for name, module in targets:
+        weight = getattr(unwrapped(module), "weight", None)
+        if weight is model.tok_emb.weight and not allow_tied_head:
+            raise ValueError(f"{method} on 'head' is not supported: head.weight is the tied "
+                             "token embedding E, so merging an update into it would change "
+                             "the input embeddings too; leave 'head' out of target_modules")
+        if rank is not None and rank > min(weight.shape):
+            d_out, d_in = weight.shape
+            raise ValueError(f"{rank_name}={rank} is larger than min(d_out, d_in) = "
+                             f"min({d_out}, {d_in}) at {name}: a higher rank adds parameters "
+                             f"but no expressiveness; choose {rank_name} ≤ {min(d_out, d_in)}")
+    for name, module in targets:
+        replace_module(model, name, make_layer(name, module))
+
+
 # --------------------------------------------------------------------------------------
 # The PEFT model
 # --------------------------------------------------------------------------------------
@@ -323,11 +379,14 @@ class PeftModel(nn.Module):
     """Frozen GPT + φ. Subclasses implement `inject(config, adapter_name)`.
 
     Methods that change the *input* (soft prompts, prefixes) override `forward`; methods
-    that wrap Linear layers only need `inject`.
+    that wrap layers only need `inject`, which hands its layers to `place_layers`.
     """
+
+    config_class: ClassVar[type[PeftConfig]] = PeftConfig  # set by register_method
 
     def __init__(self, base_model: GPT, config: PeftConfig, adapter_name: str = "default"):
         super().__init__()
+        self.check_config(config)
         for p in base_model.parameters():
             p.requires_grad_(False)  # rule of the house: the base is frozen
         self.base_model = base_model
@@ -336,6 +395,12 @@ class PeftModel(nn.Module):
         self.adapters_disabled = False
         self.unloaded = False  # True after merge_and_unload(): φ lives in the base now
         self.inject(config, adapter_name)
+
+    def check_config(self, config: PeftConfig) -> None:
+        """One TypeError unless `config` is this method's config class (or a subclass)."""
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
 
     # --- subclass hooks -------------------------------------------------------------
     def inject(self, config: PeftConfig, adapter_name: str) -> None:
@@ -625,14 +690,3 @@ def check_same_base(saved: Any, current: dict, directory: Path) -> None:
     if diff:
         raise ValueError(f"the adapter in {directory} was trained on a different base model "
                          f"(saved vs this base: {diff}); load it into the base it came from")
-
-
-def wrap_targets(model: GPT, config: PeftConfig,
-                 make_layer: Callable[[str, nn.Module], TunerLayer]) -> list[str]:
-    """Replace every target of `config` by `make_layer(name, module)`; return the names."""
-    names = []
-    for name, module in find_targets(model, config.target_modules, config.layers_to_transform,
-                                      config.top_layers):
-        replace_module(model, name, make_layer(name, module))
-        names.append(name)
-    return names

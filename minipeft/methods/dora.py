@@ -148,7 +148,6 @@ class DoraModel(LoraModel):
     """A frozen GPT whose target Linear layers are DoraLayers."""
 
     layer_class: ClassVar[type[LoraLayer]] = DoraLayer
-    config_class: ClassVar[type[LoraConfig]] = DoraConfig
 
     def add_weighted_adapter(self, *args, **kwargs) -> None:
         raise NotImplementedError("weighted combination is defined for LoRA's ΔW = BA only; "

@@ -30,8 +30,8 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, register_method,
-                                   wrap_targets)
+from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, find_targets,
+                                   place_layers, register_method)
 
 OUTPUT_SCALED = ("k", "v")  # l ⊙ (W x + b)
 INPUT_SCALED = ("proj",)  # W (l ⊙ h) + b: l_ff on the MLP hidden activation
@@ -105,8 +105,11 @@ class IA3Model(PeftModel):
     """Frozen GPT whose keys, values and MLP hidden activations are rescaled by learned l."""
 
     def inject(self, config: IA3Config, adapter_name: str) -> None:
-        wrap_targets(self.base_model, config,
-                     lambda name, layer: IA3Layer(layer, scales_input=name.endswith(".proj")))
+        targets = find_targets(self.base_model, config.target_modules,
+                               config.layers_to_transform, config.top_layers)
+        place_layers(self.base_model, targets,
+                     lambda name, layer: IA3Layer(layer, scales_input=name.endswith(".proj")),
+                     method="IA³")
 
 
 PRESETS = {"ia3": lambda: IA3Config()}

@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minipeft.checks import check_positive
+from minipeft.checks import check_choice, check_fraction, check_positive, check_positive_int
 from minipeft.methods.adalora import AdaLoraLayer
 from minipeft.methods.base import (PeftConfig, PeftModel, TunerLayer, copy_adapter_tensors,
-                                   find_targets, read_adapter, register_method,
-                                   replace_module)
+                                   find_targets, place_layers, read_adapter, register_method,
+                                   replace_module, saved_key)
 
 INITS = ("kaiming", "gaussian")
 COMBINATIONS = ("cat", "linear", "svd")  # add_weighted_adapter, with peft's meanings
@@ -68,13 +68,10 @@ class LoraConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive integer, got r={self.r!r}")
+        check_positive_int(self.r, "LoRA rank r")
         check_positive(self.alpha, "alpha (the update is scaled by alpha/r)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r} is unknown; choose one of {list(INITS)}")
+        check_fraction(self.dropout, "dropout")
+        check_choice(self.init, INITS, "init")
 
     @property
     def scaling(self) -> float:
@@ -224,36 +221,34 @@ def check_adapter_name(name: str) -> None:
 class LoraModel(PeftModel):
     """A frozen GPT whose target Linear layers are LoraLayers; one adapter acts at a time.
 
-    Subclasses (DoRA, QLoRA) may set `layer_class` and `config_class` and reuse the rest.
+    Subclasses (DoRA, QLoRA, MonteCLoRA) set `layer_class` and reuse the rest.
     """
 
     layer_class: ClassVar[type[LoraLayer]] = LoraLayer
-    config_class: ClassVar[type[LoraConfig]] = LoraConfig
 
     # --- building -------------------------------------------------------------------
     def inject(self, config: LoraConfig, adapter_name: str) -> None:
         """Add adapter `adapter_name` to every target, wrapping targets not wrapped yet."""
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
-                            f"got {type(config).__name__}")
         check_adapter_name(adapter_name)
         targets = find_targets(self.base_model, config.target_modules,
                                config.layers_to_transform, config.top_layers)
-        for name, module in targets:  # check every target before changing anything
-            d, k = (module.base_layer if isinstance(module, LoraLayer) else module).weight.shape
-            if config.r > min(d, k):
-                raise ValueError(f"r={config.r} is larger than min(d_out, d_in) = min({d}, {k})"
-                                 f" at {name}: a higher rank adds parameters but no "
-                                 f"expressiveness; choose r ≤ {min(d, k)}")
-        for name, module in targets:
-            if not isinstance(module, LoraLayer):
-                layer = self.layer_class(module)
-                layer.tied_to_embedding = module.weight is self.base_model.tok_emb.weight
-                replace_module(self.base_model, name, layer)
-                module = layer
-            module.add_adapter(adapter_name, config)  # added frozen and inactive
+        # A LoRA head stays unmerged (LoraLayer.cannot_merge_reason), so it is allowed.
+        place_layers(self.base_model, targets,
+                     lambda name, module: self.layer_with_adapter(module, adapter_name, config),
+                     rank=config.r, allow_tied_head=True)
         if adapter_name == self.active_adapter:  # the first adapter, from __init__
             self.set_adapter(adapter_name)
+
+    def layer_with_adapter(self, module: nn.Module, adapter_name: str,
+                           config: LoraConfig) -> LoraLayer:
+        """`module` wrapped in a layer_class (unless it is one already), holding the new
+        adapter, frozen and inactive."""
+        layer = module
+        if not isinstance(module, LoraLayer):
+            layer = self.layer_class(module)
+            layer.tied_to_embedding = module.weight is self.base_model.tok_emb.weight
+        layer.add_adapter(adapter_name, config)
+        return layer
 
     def lora_layers(self) -> list[tuple[str, LoraLayer]]:
         return [(n, m) for n, m in self.tuner_layers() if isinstance(m, LoraLayer)]
@@ -267,6 +262,7 @@ class LoraModel(PeftModel):
 
     def add_adapter(self, adapter_name: str, config: LoraConfig) -> None:
         """Attach a second (third, ...) adapter; it stays inactive until set_adapter()."""
+        self.check_config(config)
         if adapter_name in self.configs:
             raise ValueError(f"an adapter named {adapter_name!r} exists already; pick another "
                              "name or delete_adapter() it first")
@@ -418,10 +414,10 @@ class LoraModel(PeftModel):
 
     # --- saving and loading -------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
-        """φ of one adapter (default: the active one), keyed '<module>.lora_A' etc.
+        """φ of one adapter (default: the active one), keyed 'base_model.<module>.lora_A' etc.
 
-        The adapter's own name is not part of the keys, so a file saved from adapter "math"
-        loads into a fresh model's "default" adapter.
+        The adapter's own name is not part of the keys (see minipeft.methods.base), so a file
+        saved from adapter "math" loads into a fresh model's "default" adapter.
         """
         return {name: p.detach() for name, p in self._adapter_parameters(adapter_name).items()}
 
@@ -432,7 +428,7 @@ class LoraModel(PeftModel):
         for module_name, layer in self.lora_layers():
             if adapter_name in layer.lora_A:
                 for suffix, p in layer.adapter_tensors(adapter_name).items():
-                    params[f"{module_name}.{suffix}"] = p
+                    params[saved_key(module_name, suffix)] = p
         return params
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor],

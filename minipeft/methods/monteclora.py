@@ -52,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Chi2, Dirichlet
 
+from minipeft.checks import check_non_negative, check_positive, check_positive_int
 from minipeft.methods.base import register_method
 from minipeft.methods.lora import LoraConfig, LoraLayer, LoraModel
 
@@ -73,15 +74,10 @@ class MonteCLoraConfig(LoraConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) \
-                or self.n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
-        if self.sample_scale < 0:
-            raise ValueError(f"sample_scale (ε) must be ≥ 0, got {self.sample_scale}")
-        if self.dirichlet_prior <= 0:
-            raise ValueError(f"dirichlet_prior (Π) must be positive, got {self.dirichlet_prior}")
-        if self.kl_weight < 0:
-            raise ValueError(f"kl_weight must be ≥ 0, got {self.kl_weight}")
+        check_positive_int(self.n_samples, "n_samples")
+        check_non_negative(self.sample_scale, "sample_scale (ε)")
+        check_positive(self.dirichlet_prior, "dirichlet_prior (Π)")
+        check_non_negative(self.kl_weight, "kl_weight")
 
 
 PRESETS = {
@@ -199,7 +195,6 @@ class MonteCLoraModel(LoraModel):
     """A frozen GPT whose target Linear layers are MonteCLoraLayers."""
 
     layer_class: ClassVar[type[LoraLayer]] = MonteCLoraLayer
-    config_class: ClassVar[type[LoraConfig]] = MonteCLoraConfig
 
     def regularization_loss(self) -> torch.Tensor:
         """kl_weight · Σ_layers KL: added to the task loss by minipeft.train."""

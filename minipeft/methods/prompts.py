@@ -66,6 +66,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from minipeft.checks import check_choice, check_positive, check_positive_int
 from minipeft.model import IGNORE_INDEX, GPT, GPTOutput
 from minipeft.methods.base import PeftConfig, PeftModel, register_method, resolve_layers
 
@@ -79,8 +80,7 @@ def check_virtual_tokens(config: PeftConfig) -> None:
     if config.target_modules is not None:
         raise ValueError(f"{type(config).__name__} adds inputs, not layer wrappers; "
                          "leave target_modules=None")
-    if config.num_virtual_tokens < 1:
-        raise ValueError(f"num_virtual_tokens must be ≥ 1, got {config.num_virtual_tokens}")
+    check_positive_int(config.num_virtual_tokens, "num_virtual_tokens")
 
 
 @dataclass
@@ -108,9 +108,7 @@ class PromptTuningConfig(PeftConfig):
             raise ValueError("a soft prompt enters at the input only; leave "
                              "layers_to_transform=None and top_layers=None (DeepPromptConfig "
                              "puts prompts into chosen blocks)")
-        if self.init not in PROMPT_INITS:
-            raise ValueError(f"unknown prompt init {self.init!r}; choose one of "
-                             f"{list(PROMPT_INITS)}")
+        check_choice(self.init, PROMPT_INITS, "prompt init")
         if (self.init == "text") != (self.init_text is not None):
             raise ValueError("init_text is used exactly when init='text': give both or neither")
         if (self.init == "labels") != (self.label_words is not None):
@@ -121,8 +119,8 @@ class PromptTuningConfig(PeftConfig):
                              "init='random'")
         if self.init == "random" and self.init_range is None:
             self.init_range = DEFAULT_INIT_RANGE
-        if self.init_range is not None and self.init_range <= 0:
-            raise ValueError(f"init_range must be > 0, got {self.init_range}")
+        if self.init_range is not None:
+            check_positive(self.init_range, "init_range")
 
 
 def vocabulary_tokenizer(gpt: GPT):
@@ -298,8 +296,8 @@ class PrefixTuningConfig(PeftConfig):
                              "reparameterize=True")
         if self.reparameterize and self.hidden_size is None:
             self.hidden_size = DEFAULT_PREFIX_HIDDEN
-        if self.hidden_size is not None and self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be ≥ 1, got {self.hidden_size}")
+        if self.hidden_size is not None:
+            check_positive_int(self.hidden_size, "hidden_size")
 
 
 @torch.no_grad()

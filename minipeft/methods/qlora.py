@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipeft.checks import check_choice, check_positive_int
 from minipeft.methods.base import BLOCK_MODULES, TunerLayer, register_method, replace_module
 from minipeft.methods.lora import LoraConfig, LoraLayer, LoraModel
 from minipeft.model import GPT
@@ -142,15 +143,10 @@ def unpack_4bit(packed: torch.Tensor) -> torch.Tensor:
 # Block-wise absmax quantisation with a code book
 # --------------------------------------------------------------------------------------
 def check_block_size(block_size: int) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0 \
-            or block_size % 2:
-        raise ValueError(f"block_size must be a positive even integer (two 4-bit codes share "
-                         f"a byte), got {block_size!r}")
-
-
-def check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int(block_size, "block_size")
+    if block_size % 2:
+        raise ValueError(f"block_size must be even (two 4-bit codes share a byte), got "
+                         f"{block_size!r}")
 
 
 def check_divides(numel: int, block_size: int, what: str = "weight") -> None:
@@ -222,9 +218,7 @@ def dequantize_int4(packed, absmax, shape, block_size: int = 64) -> torch.Tensor
 # Double quantisation of the absmax constants
 # --------------------------------------------------------------------------------------
 def check_double_quant_code(code: str) -> None:
-    if code not in SECOND_LEVEL_CODES:
-        raise ValueError(f"double_quant_code={code!r} is unknown; choose 'dynamic' (the "
-                         "paper's 8-bit float, as bitsandbytes) or 'int8' (k/127)")
+    check_choice(code, SECOND_LEVEL_CODES, "double_quant_code")
 
 
 def double_quantize(absmax: torch.Tensor, block_size: int = 256, code: str = "dynamic"):
@@ -404,7 +398,6 @@ class QLoraModel(LoraModel):
     """Quantise every block Linear of the frozen GPT to NF4, then add LoRA to the targets."""
 
     layer_class: ClassVar[type[LoraLayer]] = QLoraLayer
-    config_class: ClassVar[type[LoraConfig]] = QLoraConfig
 
     def inject(self, config: QLoraConfig, adapter_name: str) -> None:
         if "head" in (config.target_modules or []):
