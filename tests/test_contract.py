@@ -240,6 +240,18 @@ def test_save_and_load_reproduce_the_logits(preset, tmp_path):
     assert torch.equal(logits(loaded), logits(peft))
 
 
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_saved_names_are_the_models_own(preset):
+    """Every saved tensor is named as in the model's state_dict (one convention for all
+    methods, as in peft); a LoRA-family adapter's own name ('.default') is left out."""
+    peft = wrap(preset)
+    own = peft.state_dict(keep_vars=True)
+    for name, tensor in peft.adapter_state_dict().items():
+        stored = own.get(name, own.get(f"{name}.{peft.active_adapter}"))
+        assert stored is not None, f"{name} is not a state_dict name of {type(peft).__name__}"
+        assert stored.data_ptr() == tensor.data_ptr(), name
+
+
 # --------------------------------------------------------------------------------------
 # 5. Merging
 # --------------------------------------------------------------------------------------
