@@ -246,7 +246,7 @@ def test_id3_grows_by_k_over_t_and_picks_the_largest_heuristic():
             assert first == set(torch.topk(heuristic, K // T).indices.tolist())
     assert counts == [min(K, K * (s + 1) // T) for s in range(T + 2)]
     assert len(set(peft.mask_indices.tolist())) == K  # no entry chosen twice
-    assert peft.probes == {}  # budget reached: no more dense gradients
+    assert peft.probe_tensors() == []  # budget reached: no more dense gradients
 
 
 def test_fisher_of_a_linear_softmax_model_matches_the_closed_form():
@@ -344,6 +344,11 @@ def test_mask_bad_input():
         MaskConfig(selector="magnitude")
     with pytest.raises(ValueError, match="task="):
         MaskConfig(selector="fisher")
+    for field, value in [("n_samples", 0), ("n_samples", True), ("unmask_steps", 0),
+                         ("unmask_steps", 2.0), ("id3_eps", 0.0), ("id3_exponent", -1.0),
+                         ("seed", 1.5), ("budget", True)]:
+        with pytest.raises(ValueError, match=field):
+            MaskConfig(selector="random", **{field: value})
     with pytest.raises(ValueError, match="unknown target"):
         get_peft_model(tiny_gpt(), MaskConfig(selector="random", target_modules=["query"]))
     with pytest.raises(ValueError, match="labels"):
