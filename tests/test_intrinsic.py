@@ -148,9 +148,12 @@ def test_answer_loss_is_the_mean_over_answer_tokens():
 
 
 def test_bad_input():
-    for d in (0, -3):
-        with pytest.raises(ValueError, match="d="):
+    for d in (0, -3, True, 2.5, "8"):  # True would pass as 1 and hide a mistyped config
+        with pytest.raises(ValueError, match=r"^d \(.*\) must be a positive integer"):
             IntrinsicConfig(d=d)
+    for seed in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="seed"):
+            IntrinsicConfig(d=5, seed=seed)
     with pytest.raises(ValueError, match="projection"):
         IntrinsicConfig(d=5, projection="sparse")
     with pytest.raises(ValueError, match="exceeds"):

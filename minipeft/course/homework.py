@@ -314,7 +314,7 @@ class SpaceSeparatedIds:
 
 
 def ref_empirical_fisher(model, prompts, answers):
-    from minipeft.methods.selective import compute_fisher
+    from minipeft.methods.masks import compute_fisher
 
     examples = [Example(" ".join(map(str, p)), " ".join(map(str, a)))
                 for p, a in zip(prompts, answers)]
@@ -323,7 +323,7 @@ def ref_empirical_fisher(model, prompts, answers):
 
 
 def ref_top_k_mask(scores, k):
-    from minipeft.methods.selective import select_largest
+    from minipeft.methods.masks import select_largest
 
     chosen = torch.zeros(sum(s.numel() for s in scores.values()), dtype=torch.bool)
     chosen[select_largest(scores, k)] = True

@@ -10,7 +10,8 @@ in its method file.
                           (LoraHub), dora, adalora, qlora, monteclora, intrinsic
     additive              adapters (Houlsby, Pfeiffer, parallel, input/output), ia3,
                           prompts (soft prompt, prefix, deep prompt), spot
-    selective             selective (full, head-only, BitFit, FISH / PaFi / random / ID3 masks)
+    selective             selective (full, head-only, BitFit, FISH / PaFi / random / ID3 masks),
+                          masks (how those masks are chosen: Fisher information, |θ₀|, ID3)
 """
 from minipeft.methods import (adalora, adapters, dora, ia3, intrinsic, lora, monteclora,
                               prompts, qlora, selective)

@@ -32,6 +32,7 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn as nn
 
+from minipeft.checks import check_choice, check_non_negative_int, check_positive_int
 from minipeft.methods.base import PeftConfig, register_method
 from minipeft.methods.selective import DeltaModel, candidate_parameters
 from minipeft.model import GPT
@@ -60,12 +61,9 @@ class IntrinsicConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.d, int) or self.d <= 0:
-            raise ValueError(f"d={self.d} must be a positive integer: the number of "
-                             "directions φ can move in")
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {self.projection!r}; choose from "
-                             f"{list(PROJECTIONS)}")
+        check_positive_int(self.d, "d (the number of directions φ can move in)")
+        check_choice(self.projection, PROJECTIONS, "projection")
+        check_non_negative_int(self.seed, "seed")
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,9 @@ Only Δ is in the optimizer, so AdamW keeps state for exactly the selected entri
 (d = d_model, d_ff = 4d, L = blocks. BitFit's 7d + d_ff per block: biases of q, k, v, o
 (4d), fc (d_ff), proj (d), and the two LayerNorm biases (2d); + d for the final LayerNorm.)
 
+The masks' selectors, with their equations (the Fisher information, PaFi's |θ₀|, ID3's H and
+its step-by-step unmasking), are in masks.py; `MaskModel` here only applies the chosen mask.
+
 Tied weights. The LM head shares its matrix with the token embedding E (logits = h Eᵀ).
 We treat E as one tensor everywhere, as pretraining did: a Δ on E moves the input
 embedding and the output head together, the target name "head" means E, and E is counted
@@ -40,17 +43,20 @@ re-parametrises existing weights rather than adding new ones, so full fine-tunin
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call
 
+from minipeft.checks import (check_choice, check_fraction, check_non_negative,
+                             check_non_negative_int, check_positive, check_positive_int)
 from minipeft.methods.base import (BLOCK_MODULES, PeftConfig, PeftModel, find_targets,
                                    register_method, resolve_layers)
+from minipeft.methods.masks import (ID3Unmasking, compute_fisher, count_selected,
+                                    id3_importance, mask_size, select_largest, select_random,
+                                    select_smallest_magnitude)
 from minipeft.model import GPT
 
 
@@ -92,11 +98,6 @@ def head_tensor_owner(model: GPT) -> tuple[str, nn.Module]:
     if model.head.weight is model.tok_emb.weight:
         return "tok_emb", model.tok_emb
     return "head", model.head
-
-
-def flat_concat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """All tensors as one vector, in dict order: the 'global' index space of the masks."""
-    return torch.cat([t.reshape(-1) for t in tensors.values()])
 
 
 # --------------------------------------------------------------------------------------
@@ -356,109 +357,18 @@ class MaskConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.selector not in SELECTORS:
-            raise ValueError(f"unknown selector {self.selector!r}; choose from {list(SELECTORS)}")
-        if not 0 < self.budget <= 1:
-            raise ValueError(f"budget={self.budget} must be a fraction in (0, 1], e.g. 0.005 "
-                             "for 0.5% of the parameters")
+        check_choice(self.selector, SELECTORS, "selector")
+        check_fraction(self.budget, "budget (the fraction of the pool that trains, e.g. 0.005)",
+                       include_zero=False, include_one=True)
+        check_non_negative_int(self.seed, "seed")
         if self.selector.startswith("fisher") and self.task is None:
             raise ValueError(f"selector={self.selector!r} estimates the Fisher information on "
                              "training examples: pass task='sentiment' (or another task)")
-        if self.n_samples <= 0:
-            raise ValueError(f"n_samples={self.n_samples} must be positive")
-        if self.unmask_steps is not None and self.unmask_steps <= 0:
-            raise ValueError(f"unmask_steps={self.unmask_steps} must be positive (or None "
-                             "for the whole training run)")
-
-
-def mask_size(budget: float, pool_size: int) -> int:
-    """K = ⌈budget · N_pool⌉ (at least one entry, at most the pool)."""
-    return min(pool_size, max(1, math.ceil(budget * pool_size)))
-
-
-def select_smallest_magnitude(params: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-    """PaFi: global indices of the k entries with the smallest |θ| across all tensors."""
-    return torch.topk(flat_concat(params).abs(), k, largest=False).indices
-
-
-def select_largest(scores: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-    """Global indices of the k largest scores across all tensors (FISH: Fisher scores)."""
-    return torch.topk(flat_concat(scores), k).indices
-
-
-def select_random(pool_size: int, k: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(pool_size, generator=generator)[:k]
-
-
-def id3_importance(theta: torch.Tensor, grad: torch.Tensor, exponent: float,
-                   eps: float) -> torch.Tensor:
-    """ID3's heuristic H(θ) = |∇θ|² / (|θ| + ε)^exp, entrywise.
-
-    exp = 0 gives the one-batch Fisher score |∇θ|²; a large exp favours small weights, as
-    PaFi does. ID3 recomputes it at every step from the current θ and gradient.
-    """
-    return grad.pow(2) / (theta.abs() + eps).pow(exponent)
-
-
-@torch.no_grad()
-def sample_answer(model: nn.Module, prompt_ids: list[int], length: int,
-                  generator: torch.Generator) -> list[int]:
-    """`length` tokens sampled from the model after the prompt: y ~ p_θ(· | x)."""
-    ids = list(prompt_ids)
-    for _ in range(length):
-        logits = model(torch.tensor([ids])).logits[0, -1]  # (V,)
-        ids.append(int(torch.multinomial(F.softmax(logits.float(), dim=-1), 1,
-                                         generator=generator)))
-    return ids[len(prompt_ids):]
-
-
-def compute_fisher(model: nn.Module, examples: list, tokenizer, n_samples: int = 64,
-                   labels: str = "model", seed: int = 0,
-                   parameter_names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher information of `model`'s parameters, estimated on `examples`.
-
-        F̂_θ = (1/N) Σ_{i=1..N} ( ∂ log p_θ(y_i | x_i) / ∂θ )²        (one value per entry)
-
-    x_i is the prompt of example i (examples are reused in order if n_samples exceeds them)
-    and log p_θ(y|x) = Σ_t log p_θ(y_t | x, y_<t) over the answer tokens. Each sample gets
-    its own backward pass: the mean of squared per-example gradients, not the square of
-    the mean gradient.
-      labels="model": y_i ~ p_θ(· | x_i) sampled from the model (seeded). This is the Fisher
-                      information of the lecture's formula (the FISH mask paper).
-      labels="gold":  y_i = the example's answer, the "empirical Fisher": cheaper to explain,
-                      but it measures the fit to the labels rather than the model's own
-                      uncertainty.
-    The model is not changed: gradients flow to detached copies that share its storage.
-    Returns {parameter name: F̂ of that tensor's shape} for `parameter_names` (default all).
-    """
-    if labels not in ("model", "gold"):
-        raise ValueError(f"labels={labels!r}: use 'model' (y sampled from the model) or "
-                         "'gold' (the examples' answers)")
-    if n_samples <= 0 or not examples:
-        raise ValueError(f"need n_samples > 0 and at least one example (got {n_samples}, "
-                         f"{len(examples)} examples)")
-    owned = dict(model.named_parameters())
-    names = list(owned) if parameter_names is None else parameter_names
-    params = {n: owned[n].detach().requires_grad_() for n in names}
-    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-    generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    for i in range(n_samples):
-        example = examples[i % len(examples)]
-        prompt = tokenizer.encode(example.prompt)
-        answer = tokenizer.encode(example.answer)
-        y = sample_answer(model, prompt, len(answer), generator) if labels == "model" else answer
-        idx = torch.tensor([prompt + y[:-1]])  # position P-1+t predicts y_t
-        logits = functional_call(model, params, (idx,)).logits[0, len(prompt) - 1:]  # (|y|, V)
-        log_p = F.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(y)[:, None]).sum()
-        grads = torch.autograd.grad(log_p, list(params.values()), allow_unused=True)
-        for name, g in zip(params, grads):
-            if g is not None:
-                fisher[name] += g.pow(2)  # (∇θ log p(y_i|x_i))²
-    model.train(was_training)
-    return {name: f / n_samples for name, f in fisher.items()}
+        check_positive_int(self.n_samples, "n_samples")
+        check_non_negative(self.id3_exponent, "id3_exponent")
+        check_positive(self.id3_eps, "id3_eps (keeps (|θ| + ε)^exp away from 0)")
+        if self.unmask_steps is not None:
+            check_positive_int(self.unmask_steps, "unmask_steps (None = the whole training run)")
 
 
 @register_method(MaskConfig)
@@ -469,7 +379,8 @@ class MaskModel(DeltaModel):
     pool flattened in `candidate_parameters` order. The forward pass adds the values into a
     copy of θ₀ (index_add), so only those K entries can differ from θ₀ and AdamW keeps
     state for K numbers. The saved adapter is exactly these two vectors: the sparse
-    difference. ID3 fills the slots step by step; an empty slot holds index -1.
+    difference. How the K positions are chosen is in masks.py; ID3 fills the slots step by
+    step (`self.id3`, an `ID3Unmasking`), and an empty slot holds index -1.
     """
 
     def inject(self, config: MaskConfig, adapter_name: str) -> None:
@@ -488,7 +399,9 @@ class MaskModel(DeltaModel):
         if config.selector != "id3":
             self.mask_indices.copy_(torch.sort(self.choose_fixed_mask(config, k)).values)
         self._routes, self._routes_device = None, None
-        self.probes: dict[str, torch.Tensor] = {}  # ID3: ∂L/∂θ for every pool entry
+        self.id3 = (ID3Unmasking(self.pool, config.id3_exponent, config.id3_eps,
+                                 config.unmask_steps)
+                    if config.selector == "id3" else None)
 
     def choose_fixed_mask(self, config: MaskConfig, k: int) -> torch.Tensor:
         """The K global indices of a fixed mask, chosen once before training."""
@@ -508,7 +421,7 @@ class MaskModel(DeltaModel):
     # --- where each value goes --------------------------------------------------------
     @property
     def n_selected(self) -> int:
-        return int((self.mask_indices >= 0).sum())
+        return count_selected(self.mask_indices)
 
     def routes(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{tensor name: (positions inside that tensor, slots of mask_values)}."""
@@ -539,59 +452,30 @@ class MaskModel(DeltaModel):
 
     def reparametrized_weights(self) -> dict[str, torch.Tensor]:
         weights = {}
-        probing = self.needs_probes()
+        probes = ({} if self.id3 is None
+                  else self.id3.probes_for_forward(self.mask_indices, self.training))
         for name, p in self.pool.items():
             flat = p.reshape(-1)
-            if probing:
-                # ID3: θ₀ + 0, with the 0 a leaf that receives ∂L/∂θ for every entry
-                flat = flat + self.probe(name)
+            if name in probes:
+                flat = flat + probes[name]  # ID3: θ₀ + 0, the 0 receives ∂L/∂θ for every entry
             route = self.routes().get(name)
             if route is not None:
                 positions, slots = route
                 flat = flat.index_add(0, positions, self.mask_values[slots])  # θ₀ + M⊙Δ: (n,)
-            if probing or route is not None:
+            if name in probes or route is not None:
                 weights[name] = flat.view_as(p)
         return weights
 
     # --- ID3: grow the mask during training --------------------------------------------
-    def needs_probes(self) -> bool:
-        return (self.config.selector == "id3" and self.n_selected < len(self.mask_indices)
-                and torch.is_grad_enabled() and self.training)
-
-    def probe(self, name: str) -> torch.Tensor:
-        p = self.pool[name]
-        if name not in self.probes or self.probes[name].device != p.device:
-            self.probes[name] = torch.zeros(p.numel(), device=p.device, requires_grad=True)
-        return self.probes[name]
-
     def probe_tensors(self) -> list[torch.Tensor]:
-        """Extra tensors that receive gradients (for memory accounting)."""
-        return list(self.probes.values())
+        """ID3's dense gradient holders while it selects (for memory accounting)."""
+        return self.id3.probe_tensors() if self.id3 is not None else []
 
-    @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """ID3: after step t < T, unmask the next K/T entries of largest H(θ)."""
-        if self.config.selector != "id3" or not self.probes:
-            return
-        k = len(self.mask_indices)
-        horizon = self.config.unmask_steps or total_steps
-        target = min(k, k * (step + 1) // horizon)  # ⌊K (t+1) / T⌋ entries after step t
-        n_new = target - self.n_selected
-        if n_new > 0:
-            grad = torch.cat([self.probes[n].grad if self.probes[n].grad is not None
-                              else torch.zeros_like(self.probes[n]) for n in self.pool])
-            theta = flat_concat(self.pool).clone()
-            chosen = self.mask_indices[: self.n_selected]
-            theta[chosen] += self.mask_values[: self.n_selected]  # current θ = θ₀ + Δ
-            score = id3_importance(theta, grad, self.config.id3_exponent, self.config.id3_eps)
-            score[chosen] = -math.inf  # each entry is unmasked at most once
-            start = self.n_selected
-            self.mask_indices[start: start + n_new] = torch.topk(score, n_new).indices
+        if self.id3 is not None and self.id3.unmask(self.mask_indices, self.mask_values,
+                                                    step, total_steps):
             self._routes = None
-        for probe in self.probes.values():
-            probe.grad = None
-        if self.n_selected == k:
-            self.probes = {}  # budget reached: stop paying for dense gradients
 
     # --- saving: indices + values --------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
@@ -609,7 +493,8 @@ class MaskModel(DeltaModel):
             raise ValueError("mask_indices name the same entry twice, which no selector "
                              "produces: the adapter file was edited or damaged; save it again")
         self._routes = None
-        self.probes = {}
+        if self.id3 is not None:
+            self.id3.drop_probes()
 
 
 # --------------------------------------------------------------------------------------
