@@ -127,12 +127,16 @@ def test_build_writes_student_notebook_and_zip(tmp_path):
         names = set(z.namelist())
         assert {f"tests/q{i}.py" for i in range(1, 6)} <= names
         assert "files/minipeft/methods/lora.py" in names
+        # the tests on Gradescope import check_exercise from minipeft.course.homework
+        assert {f"files/minipeft/course/homework/{m}.py" for m in
+                ("__init__", "__main__", "assign", "checking", "exercise_bank", "grader")} <= names
         assert "'hidden': True" in z.read("tests/q2.py").decode()
 
 
 def test_notebook_check_uses_a_fresh_reference(monkeypatch):
     """grader.check in a notebook: replacing minipeft's function does not move the target."""
     import minipeft.methods.qlora as qlora
+    from minipeft.course.homework import exercise_bank
 
     def zeros():
         return torch.zeros(16)
@@ -145,7 +149,7 @@ def test_notebook_check_uses_a_fresh_reference(monkeypatch):
                              0.5626170039176941, 0.7229568362236023, 1.0])
 
     monkeypatch.setattr(qlora, "nf4_levels_from_quantiles", zeros)
-    monkeypatch.setattr(homework, "ref_nf4_levels", zeros)
+    monkeypatch.setattr(exercise_bank, "ref_nf4_levels", zeros)
     with pytest.raises(AssertionError, match="nf4_levels"):
         homework.check_exercise("hw2_quantization", "q2", zeros, "hidden")
     homework.check_exercise("hw2_quantization", "q2", paper_table, "hidden")  # still the target

@@ -1,4 +1,4 @@
-"""Course tooling, not taught: the homework autograder (`homework.py`), the slide builder
+"""Course tooling, not taught: the homework autograder (`homework/`), the slide builder
 (`slides.py`) and the benchmark against transformers + peft (`bench.py`).
 
 Imported lazily by the command line (`python -m minipeft homework|slides|bench ...`);
