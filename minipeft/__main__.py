@@ -265,9 +265,9 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--homework", required=True, help="which homework, e.g. hw1_rank_svd")
     h.add_argument("--out", default="build/homework/grades",
                    help="folder for <submission>/results.json and summary.csv")
-    h.add_argument("--timeout", type=float, default=120.0,
+    h.add_argument("--timeout", type=positive_float, default=120.0,
                    help="wall-clock seconds per submission (default 120)")
-    h.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
+    h.add_argument("--jobs", type=positive_int, default=1, help="submissions graded at once")
     s.set_defaults(run=cmd_homework)
 
     # The benchmark's options are defined in minipeft.course.bench, which is imported only when
