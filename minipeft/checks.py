@@ -19,6 +19,10 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite_number(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
 def check_positive_int(value: Any, name: str) -> int:
     """`value` if it is an int ≥ 1, else one ValueError naming `name`."""
     if not is_int(value) or value < 1:
@@ -34,7 +38,7 @@ def check_non_negative_int(value: Any, name: str) -> int:
 
 def check_finite(value: Any, name: str) -> float:
     """`value` if it is a finite number (not a bool, not a string)."""
-    if not is_number(value) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return value
 

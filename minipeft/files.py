@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import json
 import os
@@ -79,6 +80,7 @@ def sha256(data: bytes) -> str:
 # --------------------------------------------------------------------------------------
 # Folders: build beside, then swap in one step
 # --------------------------------------------------------------------------------------
+@functools.cache
 def _exchange_function():
     """A C function that swaps two paths atomically, with its flag, or None."""
     libc_name = ctypes.util.find_library("c")

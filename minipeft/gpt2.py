@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import pickle
 import re
 import sys
@@ -38,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from minipeft.checks import is_finite_number, is_int
 from minipeft.files import atomic_directory, safetensors_bytes
 from minipeft.methods.base import (BLOCK_MODULES, CONFIG_NAME, WEIGHTS_NAME, check_save_target,
                                    get_peft_model, is_peft_config, read_adapter_config,
@@ -105,18 +105,13 @@ def gpt2_config(hf_config: dict, source: str | Path = CONFIG_FILE) -> GPTConfig:
                          "minipeft's GPT has a single dropout probability for all three")
     check_gpt2_sizes(c, source)
     dropout, epsilon = dropouts.pop(), c["layer_norm_epsilon"]
-    if not is_number(dropout) or not 0 <= dropout < 1:
+    if not is_finite_number(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"{source}: dropout probability {dropout!r} must be a number in [0, 1)")
-    if not is_number(epsilon) or not 0 < epsilon < 1:
+    if not is_finite_number(epsilon) or not 0 < epsilon < 1:
         raise ValueError(f"{source}: layer_norm_epsilon={epsilon!r} must be a number in (0, 1)")
     return GPTConfig(vocab_size=c["vocab_size"], block_size=c["n_positions"],
                      n_layer=c["n_layer"], n_head=c["n_head"], d_model=c["n_embd"],
                      d_ff=c["n_inner"], dropout=float(dropout), layer_norm_eps=float(epsilon))
-
-
-def is_number(value) -> bool:
-    """A finite JSON number (true and false are not numbers here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_gpt2_sizes(c: dict, source: str | Path) -> None:
@@ -125,7 +120,7 @@ def check_gpt2_sizes(c: dict, source: str | Path) -> None:
         value = c[key]
         if key == "n_inner" and value is None:
             continue  # None means 4·n_embd, as in GPT2Config
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        if not is_int(value) or not 1 <= value <= limit:
             raise ValueError(f"{source}: {key}={value!r} must be a whole number from 1 to "
                              f"{limit:,}")
     if c["n_embd"] % c["n_head"] != 0:

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipeft.checks import is_finite_number, is_int
+
 IGNORE_INDEX = -100  # targets with this value carry no loss (prompt tokens, padding)
 
 
@@ -316,16 +318,13 @@ def check_generation_arguments(idx: torch.Tensor, max_new_tokens: int, temperatu
         raise ValueError(f"the prompt is empty (idx has shape {tuple(idx.shape)}): the model "
                          "needs at least one token to continue; start from "
                          "[[tokenizer.eos_id]] to generate from nothing")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: it must be a positive integer "
                          "(1, 2, ...)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                              or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k={top_k!r}: it must be a positive integer (1 = always the "
                          "most likely token), or None to sample from the whole vocabulary")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature < 0:
+    if not is_finite_number(temperature) or temperature < 0:
         raise ValueError(f"temperature={temperature!r}: it must be a finite number ≥ 0 "
                          "(0 = greedy, 1 = the model's own distribution)")
     if block_size is not None and idx.shape[1] + max_new_tokens > block_size:

@@ -138,12 +138,9 @@ def load_pretrained(name: str = "small", directory: Path | None = None) -> GPT:
     The file must hold exactly the tensors of size `name`'s recipe, as floating-point finite
     numbers; anything else is one error that names the file and how to rebuild it.
     """
-    spec = recipe(name)  # unknown names fail here with the list of sizes
-    path = Path(directory or CHECKPOINT_DIR) / f"{name}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} is missing; " + REBUILD_HINT.format(name=name))
+    path = checkpoint_path(name, directory)
     metadata, state = read_checkpoint(path, name)
-    model = GPT(spec.config)  # sizes come from the recipe, never from the file
+    model = GPT(recipe(name).config)  # sizes come from the recipe, never from the file
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "head.weight"}
     check_checkpoint_matches(path, name, state, expected, stored_config(path, name, metadata))
     state = {k: v.float() for k, v in state.items()}
@@ -152,12 +149,25 @@ def load_pretrained(name: str = "small", directory: Path | None = None) -> GPT:
     return model.eval()
 
 
-def read_checkpoint(path: Path, name: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file, or one error with its path and the fix."""
+def checkpoint_path(name: str, directory: Path | None = None) -> Path:
+    """Where size `name`'s checkpoint is; an unknown size or a missing file is an error."""
+    recipe(name)  # unknown names fail here with the list of sizes
+    path = Path(directory or CHECKPOINT_DIR) / f"{name}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing; " + REBUILD_HINT.format(name=name))
+    return path
+
+
+def read_checkpoint(path: Path, name: str, tensors: bool = True
+                    ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, or one error with its path and the fix.
+
+    tensors=False reads only the metadata (the header), not the weights.
+    """
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
+            state = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"checkpoint {path} is corrupt or not a minipeft checkpoint ({err}); "
                          + REBUILD_HINT.format(name=name)) from None
@@ -206,23 +216,10 @@ def check_checkpoint_matches(path: Path, name: str, state: dict[str, torch.Tenso
                              f"{hint}")
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The metadata strings of a safetensors checkpoint (written by `save_checkpoint`)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt or not a minipeft checkpoint ({err}); "
-                         + REBUILD_HINT.format(name=Path(path).stem)) from None
-
-
 def checkpoint_report(name: str, directory: Path | None = None) -> dict:
     """The pretraining report stored beside the weights (loss, time, parameters)."""
-    recipe(name)
-    path = Path(directory or CHECKPOINT_DIR) / f"{name}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} is missing; " + REBUILD_HINT.format(name=name))
-    metadata = read_metadata(path)
+    path = checkpoint_path(name, directory)
+    metadata, _ = read_checkpoint(path, name, tensors=False)
     try:
         return json.loads(metadata["report"])
     except (KeyError, ValueError) as err:

@@ -37,8 +37,8 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 import torch.nn as nn
 
-from minipeft.checks import (check_non_negative_int, check_positive_int, is_int,
-                             is_number)
+from minipeft.checks import (check_non_negative_int, check_positive_int, is_finite_number,
+                             is_int)
 from minipeft.files import (atomic_directory, read_json_object, read_safetensors,
                             safetensors_bytes, sha256)
 from minipeft.model import GPT, generate_tokens
@@ -130,7 +130,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return is_int(value)
     if hint is float:
-        return is_number(value) and value == value and abs(value) != float("inf")
+        return is_finite_number(value)
     if hint is str:
         return isinstance(value, str)
     raise TypeError(f"no type check for {hint!r}; add one to minipeft.methods.base._matches")
@@ -556,19 +556,12 @@ class PeftModel(nn.Module):
 
         A Hugging Face peft folder is refused with a pointer to minipeft.gpt2.load_peft_adapter.
         """
-        directory = Path(directory)
-        meta = read_adapter_config(directory)
-        if is_peft_config(meta):
-            raise ValueError(f"{directory} holds a Hugging Face peft adapter, not a minipeft "
-                             "one; load it with minipeft.gpt2.load_peft_adapter(base_model, "
-                             "directory)")
-        config = adapter_config_from_meta(meta, base_model.config.to_dict(), directory)
+        config, tensors = read_adapter(directory, base_model.config.to_dict())
         model_cls = METHODS[config.peft_type][1]
         if not issubclass(model_cls, cls):
             raise ValueError(f"{directory} holds a {config.peft_type} adapter, which "
                              f"{cls.__name__}.from_pretrained cannot load; use "
                              f"{model_cls.__name__}.from_pretrained or PeftModel.from_pretrained")
-        tensors = read_adapter_weights(directory, meta)
         peft = get_peft_model(base_model, config)
         peft.load_adapter_state_dict(tensors)
         return peft
@@ -624,6 +617,10 @@ def read_adapter_config(directory: Path) -> dict:
 
 def adapter_config_from_meta(meta: dict, base_config: dict, directory: Path) -> PeftConfig:
     """The PeftConfig of a saved adapter, checked strictly against the format and the base."""
+    if is_peft_config(meta):
+        raise ValueError(f"{directory} holds a Hugging Face peft adapter, not a minipeft "
+                         "one; load it with minipeft.gpt2.load_peft_adapter(base_model, "
+                         "directory)")
     meta = dict(meta)
     version = meta.pop("format_version", None)
     if version != FORMAT_VERSION:
