@@ -75,7 +75,7 @@ def cmd_finetune(args) -> None:
     from minipeft.tasks import chance_baseline, get_task
     from minipeft.train import answer_loss, evaluate_task, train
 
-    get_task(args.task)  # an unknown task fails here, before the model is built
+    metric = get_task(args.task).metric  # an unknown task fails here, before the model is built
     torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
     model = build_model(args.size, args.method)
     if args.save:
@@ -89,7 +89,6 @@ def cmd_finetune(args) -> None:
                    eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet,
                    **checkpointing(args))
     loss_after = answer_loss(model, args.task, "validation", limit=args.eval_limit)
-    metric = get_task(args.task).metric
     print(f"validation {args.task}, {metric}: before {before:.3f} → after "
           f"{result.final_metric:.3f} (chance {chance_baseline(args.task):.3f}); answer loss "
           f"{loss_before:.3f} → {loss_after:.3f}; {args.steps} steps in {result.seconds:.1f}s "
