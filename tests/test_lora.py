@@ -13,7 +13,8 @@ from minipeft.analysis import (delta_weights, effective_rank, singular_values,
                                subspace_similarity, subspace_similarity_grid)
 from minipeft.methods import PRESETS as METHOD_PRESETS
 from minipeft.methods.base import PeftModel, TunerLayer, get_peft_model
-from minipeft.methods.lora import PRESETS, LoraConfig, LoraLayer, LoraModel, loraplus_param_groups
+from minipeft.methods.lora import (PRESETS, LoraConfig, LoraLayer, LoraModel, add_low_rank,
+                                   loraplus_param_groups)
 from minipeft.model import GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
 from minipeft.train import make_optimizer
@@ -73,6 +74,21 @@ def test_layer_forward_is_W0x_plus_scaled_BAx():
     A, B = layer.lora_A["default"], layer.lora_B["default"]
     expected = x @ W0.T + b + (8 / 4) * x @ (B @ A).T  # W₀x + b + (α/r) B A x, densely
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fast_path_has_the_plain_sums_values_and_gradients():
+    """add_low_rank (addmm, row-major Bᵀ) against result + code Bᵀ written out densely."""
+    torch.manual_seed(0)
+    result, code, B = (torch.randn(*shape, requires_grad=True)
+                       for shape in [(2, 5, 12), (2, 5, 3), (12, 3)])
+    fast = add_low_rank(result, code, B)
+    plain = result + torch.einsum("btr,dr->btd", code, B)
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-6)
+    weights = torch.randn_like(plain)
+    fast_grads = torch.autograd.grad((fast * weights).sum(), (result, code, B))
+    plain_grads = torch.autograd.grad((plain * weights).sum(), (result, code, B))
+    for got, want in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_model_forward_equals_dense_weights():

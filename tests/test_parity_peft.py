@@ -620,11 +620,19 @@ def test_bench_trainers_train_exactly_their_mode(mode):
 
 
 def test_bench_tables_list_every_mode_with_ratios():
+    # Three interleaved pairs per mode: minipeft 0.3, 0.4, 0.2 s against peft 0.2, 0.2, 0.2 s
+    # (frozen: peft 0.3 s each) → pair ratios 1.5, 2.0, 1.0.
+    def peft_seconds(mode):
+        return [0.2, 0.2, 0.2] if mode != "frozen" else [0.3, 0.3, 0.3]
     rows = [bench.Row("tiny", mode, {"minipeft": 10, "peft": 8},
-                      {"minipeft": 0.3, "peft": 0.2 if mode != "frozen" else 0.3},
+                      {"minipeft": [0.3, 0.4, 0.2], "peft": peft_seconds(mode)},
                       {"minipeft": 30.0, "peft": 60.0}) for mode in bench.MODES]
     table = bench.training_table(rows)
     assert all(f"| tiny | {mode} |" in table for mode in bench.MODES)
-    assert "| 1.50 | 30 | 60 | 0.50 | 1.00 |" in table  # full: 0.3/0.2, 30/60, 0.3/0.3
+    # full: median 300 ms (200–400), pair ratios median 1.50 (1.00–2.00), memory 30/60; over
+    # its frozen step: 0.3/0.3 − 1 = +0%, 0.2/0.4 − 1 = −50%, 0.4/0.2 − 1 = +100%
+    assert ("| 300.0 (200.0–400.0) | 200.0 (200.0–200.0) | 1.50 (1.00–2.00) | 30 | 60 | 0.50 "
+            "| +0% (-50…+100%) |") in table
     note = bench.closing_note(rows)
-    assert "tiny lora_all: minipeft/peft step time 1.50, memory 0.50; +0% relative to the frozen" in note
+    assert ("tiny lora_all: minipeft/peft step time 1.50 (1.00–2.00), memory 0.50; "
+            "+0% (-50…+100%) relative to the frozen") in note

@@ -16,8 +16,12 @@ vocabulary, and minipeft's `small`) and each training mode
 it measures one training step (forward, next-token loss, backward, AdamW step, zero_grad) for
 both libraries and prints them side by side with minipeft/peft ratios:
 
-* step time: median over `reps` timed steps after one warm-up step, the two libraries
-  interleaved step by step (alternating which goes first), so load on the machine hits both.
+* step time: `reps` timed steps after one warm-up step, the two libraries interleaved step
+  by step (alternating which goes first), so load on the machine hits both. Each cell shows
+  the median and the min–max of its steps. The time ratio is taken pair by pair (minipeft's
+  step over the peft step timed beside it) and shown as the median pair ratio with its
+  min–max: a slow moment of the machine slows both halves of a pair, so the pair ratios
+  spread far less than the raw times, and a change of a few percent stands out of that range.
   Wall-clock by default; `--clock cpu` measures the process's CPU time instead, which other
   programs on a shared machine disturb much less.
 * peak memory: on CPU, in a fresh subprocess per (shape, mode, library): the peak resident set
@@ -79,8 +83,8 @@ def shapes() -> dict[str, Workload]:
     return {
         "gpt2-small": Workload(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12,
                                          n_head=12, d_model=768), batch_size=1, seq_len=128,
-                               reps=3),
-        "small": Workload(SIZES["small"].config, batch_size=16, seq_len=128, reps=10),
+                               reps=7),
+        "small": Workload(SIZES["small"].config, batch_size=16, seq_len=128, reps=20),
     }
 
 
@@ -198,8 +202,9 @@ def timed(fn: Callable[[], object], clock: Callable[[], float]) -> float:
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], reps: int,
-                      clock: Callable[[], float]) -> dict[str, float]:
-    """Median seconds per call; one untimed warm-up call each, then the libraries alternate."""
+                      clock: Callable[[], float]) -> dict[str, list[float]]:
+    """Seconds of each timed call, per name; one untimed warm-up call each, then the names
+    alternate, so the i-th times of all names form one interleaved pair."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -208,7 +213,17 @@ def interleaved_times(fns: dict[str, Callable[[], object]], reps: int,
         for name in order:
             times[name].append(timed(fns[name], clock))
         order.reverse()  # whoever ran second this time runs first next time
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def spread(samples: list[float]) -> tuple[float, float, float]:
+    """(min, median, max) of a list of measurements."""
+    return min(samples), statistics.median(samples), max(samples)
+
+
+def pair_ratios(ours: list[float], theirs: list[float]) -> tuple[float, float, float]:
+    """(min, median, max) of ours[i] / theirs[i] over the interleaved pairs."""
+    return spread([a / b for a, b in zip(ours, theirs, strict=True)])
 
 
 def rss_now_and_reset_peak() -> int | None:
@@ -266,7 +281,7 @@ class Row:
     shape: str
     mode: str
     trainable: dict[str, int]
-    seconds: dict[str, float]
+    seconds: dict[str, list[float]]  # every timed step, per library
     mib: dict[str, float | None]
 
 
@@ -343,45 +358,69 @@ def mib(x: float | None) -> str:
     return "n/a" if x is None else f"{x:,.0f}"
 
 
+def ms_spread(samples: list[float]) -> str:
+    """'median (min–max)' in milliseconds."""
+    low, median, high = spread(samples)
+    return f"{1e3 * median:.1f} ({1e3 * low:.1f}–{1e3 * high:.1f})"
+
+
+def ratio_spread(ours: list[float], theirs: list[float]) -> str:
+    """'median (min–max)' of the pair ratios."""
+    low, median, high = pair_ratios(ours, theirs)
+    return f"{median:.2f} ({low:.2f}–{high:.2f})"
+
+
+def over_frozen(row: Row, frozen: Row) -> tuple[float, float, float]:
+    """(min, median, max) of minipeft's step over its frozen step, in percent: the rows ran
+    apart, so their steps are not pairs; the range spans the medians of one row against the
+    extremes of the other."""
+    low, median, high = spread(row.seconds["minipeft"])
+    f_low, f_median, f_high = spread(frozen.seconds["minipeft"])
+    return 100 * (low / f_high - 1), 100 * (median / f_median - 1), 100 * (high / f_low - 1)
+
+
 def training_table(rows: list[Row]) -> str:
     lines = ["| shape | mode | trainable minipeft / peft | step ms minipeft | step ms peft "
-             "| time ratio | peak MiB minipeft | peak MiB peft | memory ratio "
-             "| minipeft step / its frozen step |",
+             "| time ratio (pairs) | peak MiB minipeft | peak MiB peft | memory ratio "
+             "| minipeft over its frozen step |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    frozen = {r.shape: r.seconds["minipeft"] for r in rows if r.mode == "frozen"}
+    frozen = {r.shape: r for r in rows if r.mode == "frozen"}
     for r in rows:
         s, m = r.seconds, r.mib
+        low, median, high = over_frozen(r, frozen[r.shape])
         lines.append(
             f"| {r.shape} | {r.mode} | {r.trainable['minipeft']:,} / {r.trainable['peft']:,} "
-            f"| {1e3 * s['minipeft']:.1f} | {1e3 * s['peft']:.1f} "
-            f"| {ratio(s['minipeft'], s['peft'])} | {mib(m['minipeft'])} | {mib(m['peft'])} "
-            f"| {ratio(m['minipeft'], m['peft'])} | {ratio(s['minipeft'], frozen[r.shape])} |")
+            f"| {ms_spread(s['minipeft'])} | {ms_spread(s['peft'])} "
+            f"| {ratio_spread(s['minipeft'], s['peft'])} | {mib(m['minipeft'])} "
+            f"| {mib(m['peft'])} | {ratio(m['minipeft'], m['peft'])} "
+            f"| {median:+.0f}% ({low:+.0f}…{high:+.0f}%) |")
     return "\n".join(lines)
 
 
-def inference_table(shape: str, times: dict[str, dict[str, float]]) -> str:
+def inference_table(shape: str, times: dict[str, dict[str, list[float]]]) -> str:
     base = times["base"]
-    lines = [f"| {shape} inference | ms minipeft | ms peft | time ratio "
+    lines = [f"| {shape} inference | ms minipeft | ms peft | time ratio (pairs) "
              "| minipeft / its base | peft / its base |", "|---|---:|---:|---:|---:|---:|"]
     for name, t in times.items():
-        lines.append(f"| {name} | {1e3 * t['minipeft']:.1f} | {1e3 * t['peft']:.1f} "
-                     f"| {ratio(t['minipeft'], t['peft'])} "
-                     f"| {ratio(t['minipeft'], base['minipeft'])} "
-                     f"| {ratio(t['peft'], base['peft'])} |")
+        lines.append(f"| {name} | {ms_spread(t['minipeft'])} | {ms_spread(t['peft'])} "
+                     f"| {ratio_spread(t['minipeft'], t['peft'])} "
+                     f"| {ratio(spread(t['minipeft'])[1], spread(base['minipeft'])[1])} "
+                     f"| {ratio(spread(t['peft'])[1], spread(base['peft'])[1])} |")
     return "\n".join(lines)
 
 
 def closing_note(rows: list[Row]) -> str:
     """One line per mode: minipeft's time as a ratio of peft's, plus the frozen bound."""
     lines = []
-    frozen = {r.shape: r.seconds["minipeft"] for r in rows if r.mode == "frozen"}
+    frozen = {r.shape: r for r in rows if r.mode == "frozen"}
     for r in rows:
         line = (f"- {r.shape} {r.mode}: minipeft/peft step time "
-                f"{ratio(r.seconds['minipeft'], r.seconds['peft'])}, "
+                f"{ratio_spread(r.seconds['minipeft'], r.seconds['peft'])}, "
                 f"memory {ratio(r.mib['minipeft'], r.mib['peft'])}")
         if r.mode.startswith("lora"):
-            over = r.seconds["minipeft"] / frozen[r.shape] - 1
-            line += f"; {100 * over:+.0f}% relative to the frozen bound (target ≤ +15%)"
+            low, median, high = over_frozen(r, frozen[r.shape])
+            line += (f"; {median:+.0f}% ({low:+.0f}…{high:+.0f}%) relative to the frozen "
+                     "bound (target ≤ +15%)")
         lines.append(line)
     return "\n".join(lines)
 
@@ -420,7 +459,8 @@ def run_benchmark(shape_names: list[str], reps: int | None, threads: int, clock:
             shape_rows = training_rows(shape, shape_reps, device, autocast, clock_fn, threads,
                                        measure_memory)
             inference = inference_times(shape, shape_reps, device, autocast, clock_fn)
-            out(f"\n### {shape} on {device} ({precision}), median of {shape_reps} timed reps\n")
+            out(f"\n### {shape} on {device} ({precision}): median (min–max) of {shape_reps} "
+                "timed reps\n")
             out(training_table(shape_rows) + "\n")
             out(inference_table(shape, inference))
             rows += shape_rows
@@ -451,8 +491,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shapes, repetitions, threads, clock)."""
     parser.add_argument("--shapes", nargs="+", default=list(SHAPE_NAMES), choices=SHAPE_NAMES)
     parser.add_argument("--reps", type=int, default=None,
-                        help="timed steps per library and mode (default: 3 for gpt2-small, "
-                             "10 for small)")
+                        help="timed steps per library and mode (default: 7 for gpt2-small, "
+                             "20 for small)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch CPU threads (default: torch's default)")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",

@@ -181,17 +181,8 @@ class LoraLayer(TunerLayer):
         result = self.base_layer(x)  # W₀x + b: (…, d)
         if self.disabled or self.merged or self.active_adapter is None:
             return result  # merged: W already holds W₀ + ΔW
-        down = self.lora_down(x).to(result.dtype)  # s · x Aᵀ: (…, r)
-        # Bᵀ copied to row-major (r, d): a few hundred numbers, and it makes autograd compute
-        # B's gradient as downᵀ · grad, the fast layout (for a transposed view it computes
-        # (gradᵀ · down)ᵀ, several times slower on CPU).
-        B_t = self.lora_B[self.active_adapter].to(result.dtype).t().contiguous()  # (r, d)
-        # h = W₀x + b + (s · x Aᵀ) Bᵀ. torch.addmm(M, P, Q) = M + P Q adds the rank-r product
-        # inside the matrix multiply instead of writing a (…, d) tensor and adding it. Both
-        # tricks matter on narrow layers (see `python -m minipeft bench`).
-        h = torch.addmm(result.reshape(-1, self.out_features), down.reshape(-1, down.shape[-1]),
-                        B_t)  # (N, d), N = all leading dims flattened
-        return h.view(result.shape)
+        # h = W₀x + b + B (s · A x)      (Hu et al., 2021, eq. 3, with s = α/r)
+        return add_low_rank(result, self.lora_down(x), self.lora_B[self.active_adapter])
 
     def delta_weight(self) -> torch.Tensor:
         """Dense ΔW = (α/r) B A: (d, r) @ (r, k) → (d, k). Merge and analysis only."""
@@ -205,6 +196,26 @@ class LoraLayer(TunerLayer):
                     "embedding E (weight tying), so W₀ + ΔW would change the input "
                     "embeddings too. Keep it unmerged or leave 'head' out of target_modules")
         return super().cannot_merge_reason()
+
+
+def add_low_rank(result: torch.Tensor, code: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """result + code Bᵀ, i.e. W₀x + b + B (s·Ax): the one speed trick of the LoRA family.
+
+    The value is the plain sum `result + F.linear(code, B)` (tests/test_lora.py checks the
+    outputs and all gradients against it); two layout choices make it as cheap as it can be
+    on a CPU (`python -m minipeft bench` shows the effect):
+    * `torch.addmm(M, P, Q) = M + P Q` adds the rank-r product inside the matrix multiply
+      instead of writing a second (…, d) tensor and adding it;
+    * Bᵀ is copied to a row-major (r, d) matrix (a few hundred numbers), so autograd computes
+      B's gradient as codeᵀ · grad, the fast layout; for a transposed view it would compute
+      (gradᵀ · code)ᵀ, several times slower on narrow layers.
+    Shapes: result (…, d), code (…, r), B (d, r).
+    """
+    code = code.to(result.dtype)
+    B_t = B.to(result.dtype).t().contiguous()  # (r, d), row-major
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), code.reshape(-1, code.shape[-1]),
+                       B_t)  # (N, d), N = all leading dims flattened
+    return flat.view(result.shape)
 
 
 def check_adapter_name(name: str) -> None:
