@@ -96,7 +96,7 @@ def check_trainable(model: nn.Module) -> None:
     if getattr(model, "unloaded", False):
         raise RuntimeError("this PeftModel was merged and unloaded; train the GPT that "
                            "merge_and_unload() returned, or load the adapter again")
-    if hasattr(model, "is_merged") and model.is_merged():
+    if getattr(model, "merged", False):
         raise RuntimeError("the adapter is merged into the base weights, so training φ would "
                            "no longer change the model's outputs; call unmerge() first")
 

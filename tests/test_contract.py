@@ -273,6 +273,26 @@ def test_merge_and_unload(preset):
     torch.testing.assert_close(logits(merged), before, rtol=0, atol=1e-5)
 
 
+# QLoRA merges only on the way out: merge_and_unload() returns an fp32 model, while an
+# in-place merge into the 4-bit weight is refused (it would re-quantise ΔW away).
+MERGES_IN_PLACE = [p for p in PRESET_NAMES if p not in CANNOT_MERGE | {"qlora"}]
+
+
+@pytest.mark.parametrize("preset", MERGES_IN_PLACE)
+def test_merged_is_one_read_only_property_that_follows_merge_and_unmerge(preset):
+    peft = wrap(preset)
+    perturb(peft)
+    before = logits(peft)
+    assert peft.merged is False
+    peft.merge()
+    assert peft.merged is True
+    torch.testing.assert_close(logits(peft), before, rtol=0, atol=1e-5)  # W₀ + ΔW acts alone
+    peft.unmerge()
+    assert peft.merged is False
+    with pytest.raises(AttributeError):
+        peft.merged = True  # only merge() and unmerge() change it
+
+
 # --------------------------------------------------------------------------------------
 # 6. Trainable parameter counts, from each paper's formula
 # --------------------------------------------------------------------------------------

@@ -400,7 +400,7 @@ def test_merge_and_unload_checks_every_layer_before_touching_any():
     with pytest.raises(CannotMergeError, match="head"):
         model.merge_and_unload()
     assert torch.equal(model.base_model.blocks[0].attn.q.base_layer.weight, q_before)
-    assert not model.is_merged()
+    assert not model.merged
     assert torch.equal(logits(model), out_before)
 
 
@@ -408,7 +408,7 @@ def test_merge_inside_disable_adapter_is_refused():
     model = lora()
     with model.disable_adapter(), pytest.raises(RuntimeError, match="disable_adapter"):
         model.merge()
-    assert not model.is_merged()
+    assert not model.merged
 
 
 def test_training_a_merged_model_is_refused():

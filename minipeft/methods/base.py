@@ -438,8 +438,11 @@ class PeftModel(nn.Module):
             if isinstance(module, TunerLayer):
                 yield name, module
 
-    def is_merged(self) -> bool:
-        """True while φ is folded into the base weights (merge() without unmerge())."""
+    @property
+    def merged(self) -> bool:
+        """True while φ is folded into the base weights (merge() without unmerge()).
+
+        Read-only: merge() and unmerge() are the only ways to change it."""
         return any(m.merged for _, m in self.tuner_layers())
 
     def check_usable(self, action: str) -> None:
@@ -453,7 +456,7 @@ class PeftModel(nn.Module):
     def disable_adapter(self):
         """Inside the `with` block the model behaves exactly like the frozen base."""
         self.check_usable("disable the adapter")
-        if self.is_merged():
+        if self.merged:
             raise RuntimeError("disable_adapter() needs unmerged adapters; call unmerge() first")
         layers = [m for _, m in self.tuner_layers()]
         self.adapters_disabled = True

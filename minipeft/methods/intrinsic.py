@@ -140,7 +140,6 @@ class IntrinsicModel(DeltaModel):
     """θ = θ₀ + P φ for the pool of base tensors; φ (d,) is the only trainable tensor."""
 
     def inject(self, config: IntrinsicConfig, adapter_name: str) -> None:
-        self.merged = False
         self.pool = candidate_parameters(self.base_model, config.target_modules,
                                          config.layers_to_transform, config.top_layers)
         self.D = sum(p.numel() for p in self.pool.values())

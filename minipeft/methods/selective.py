@@ -129,8 +129,11 @@ class DeltaModel(PeftModel):
                                tie_weights=True)
 
     # --- merging: θ₀ ← θ₀ + Δ, the one sanctioned in-place change -----------------------
-    def is_merged(self) -> bool:
-        return self.merged
+    delta_merged = False  # no tuner layers here: Δ is folded into θ₀ as a whole, or not at all
+
+    @property
+    def merged(self) -> bool:
+        return self.delta_merged
 
     def merge(self) -> None:
         self.check_can_merge()
@@ -139,7 +142,7 @@ class DeltaModel(PeftModel):
         with torch.no_grad():
             for name, delta in self.deltas().items():
                 self.base_parameter(name).add_(delta)
-        self.merged = True
+        self.delta_merged = True
 
     def unmerge(self) -> None:
         self.check_usable("unmerge")
@@ -148,7 +151,7 @@ class DeltaModel(PeftModel):
         with torch.no_grad():
             for name, delta in self.deltas().items():
                 self.base_parameter(name).sub_(delta)
-        self.merged = False
+        self.delta_merged = False
 
     def merge_and_unload(self) -> GPT:
         if not self.merged:
@@ -184,7 +187,6 @@ class DenseDeltaModel(DeltaModel):
         raise NotImplementedError
 
     def inject(self, config: PeftConfig, adapter_name: str) -> None:
-        self.merged = False
         names = self.selected_parameters(config)
         self.delta = nn.ParameterDict({
             delta_key(n): nn.Parameter(torch.zeros_like(self.base_parameter(n))) for n in names
@@ -384,7 +386,6 @@ class MaskModel(DeltaModel):
     """
 
     def inject(self, config: MaskConfig, adapter_name: str) -> None:
-        self.merged = False
         self.pool = candidate_parameters(self.base_model, config.target_modules,
                                          config.layers_to_transform, config.top_layers)
         self.pool_offsets = {}
