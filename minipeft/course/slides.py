@@ -82,6 +82,7 @@ DECK_CSS = """\
 }
 .reveal .slides { text-align: left; }
 .reveal .slides section { height: 100%; overflow-y: auto; }  /* a tall slide scrolls */
+.reveal h1, .reveal h2, .reveal h3 { text-transform: none; }  /* the theme shouts */
 .reveal .jp-RenderedHTMLCommon h1 { font-size: 46px; }
 .reveal .jp-RenderedHTMLCommon h2 { font-size: 38px; }
 .reveal .jp-RenderedHTMLCommon h3 { font-size: 30px; }
