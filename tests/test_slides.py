@@ -117,7 +117,7 @@ def test_math_is_rendered_to_mathml_at_build_time(tmp_path):
 
 def test_latex_that_katex_cannot_parse_is_an_error_naming_the_cell(tmp_path):
     with pytest.raises(ValueError, match=r"cell 1: KaTeX cannot render \$\\frac\{a\}\$"):
-        toy_deck(tmp_path, [markdown("# T"), markdown("broken $\\frac{a}$ here")])
+        toy_deck(tmp_path, [markdown("# T\n## split here"), markdown("broken $\\frac{a}$")])
 
 
 def test_a_missing_notebook_is_a_clear_error(tmp_path):

@@ -269,11 +269,11 @@ def replace_math(source: str, rendered: list[str], where: str) -> str:
 def deck_notebook(notebook, path: Path) -> tuple:
     """A copy of `notebook` laid out as a deck, and the MathML its math tokens stand for."""
     deck = copy.deepcopy(notebook)
-    deck.cells = deck_cells(deck, path)
     rendered: list[str] = []
-    for index, cell in enumerate(deck.cells):
+    for index, cell in enumerate(deck.cells):  # before splitting, so errors name the cell
         if cell.cell_type == "markdown":
             cell.source = replace_math(cell.source, rendered, f"{path}, cell {index}")
+    deck.cells = deck_cells(deck, path)
     return deck, rendered
 
 
