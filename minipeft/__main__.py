@@ -70,12 +70,33 @@ def check_save_path(path: Path, peft_type: str) -> None:
                          "folder; give a path you can write to")
 
 
+# Steps `finetune` trains when --steps is not given: enough for LoRA on `small`, at its preset
+# rate, to learn the task. Measured: sentiment 0.50 → 0.99 accuracy in 150 steps; paraphrase
+# stays at chance after 150 steps (0.52 → 0.53) and reaches 0.75 after 600.
+FINETUNE_STEPS = {"sentiment": 150, "paraphrase": 600, "table2text": 150, "unscramble": 150,
+                  "arithmetic": 150}
+# A final metric this close to the chance baseline means the run learned nothing yet.
+NOT_LEARNED_MARGIN = 0.02
+
+
+def not_learned_note(task: str, method: str, steps: int, metric: str, final: float,
+                     chance: float) -> str | None:
+    """The hint `finetune` prints when a run ends at chance, else None."""
+    if final > chance + NOT_LEARNED_MARGIN:
+        return None
+    return (f"note: {metric} {final:.3f} is within {NOT_LEARNED_MARGIN} of chance "
+            f"({chance:.3f}): {method} has not learned {task} in {steps} "
+            f"step{'' if steps == 1 else 's'}; try more "
+            f"steps (--steps {4 * steps}) or another learning rate (--lr)")
+
+
 def cmd_finetune(args) -> None:
     from minipeft.methods import learning_rate
     from minipeft.tasks import chance_baseline, get_task
     from minipeft.train import answer_loss, evaluate_task, train
 
     metric = get_task(args.task).metric  # an unknown task fails here, before the model is built
+    steps = FINETUNE_STEPS[args.task] if args.steps is None else args.steps
     torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
     model = build_model(args.size, args.method)
     if args.save:
@@ -85,14 +106,18 @@ def cmd_finetune(args) -> None:
     before = evaluate_task(model, args.task, "validation", limit=args.eval_limit)
     loss_before = answer_loss(model, args.task, "validation", limit=args.eval_limit)
     lr = learning_rate(args.method) if args.lr is None else args.lr
-    result = train(model, args.task, steps=args.steps, lr=lr, batch_size=args.batch_size,
+    result = train(model, args.task, steps=steps, lr=lr, batch_size=args.batch_size,
                    eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet,
                    **checkpointing(args))
     loss_after = answer_loss(model, args.task, "validation", limit=args.eval_limit)
+    chance = chance_baseline(args.task)
     print(f"validation {args.task}, {metric}: before {before:.3f} → after "
-          f"{result.final_metric:.3f} (chance {chance_baseline(args.task):.3f}); answer loss "
-          f"{loss_before:.3f} → {loss_after:.3f}; {args.steps} steps in {result.seconds:.1f}s "
+          f"{result.final_metric:.3f} (chance {chance:.3f}); answer loss "
+          f"{loss_before:.3f} → {loss_after:.3f}; {steps} steps in {result.seconds:.1f}s "
           f"at lr {lr:g}")
+    if note := not_learned_note(args.task, args.method, steps, metric, result.final_metric,
+                                chance):
+        print(note)
     if args.save:
         print("adapter saved to", model.save_pretrained(args.save))
 
@@ -217,7 +242,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=sizes, default="small")
     s.add_argument("--task", default="sentiment")
     s.add_argument("--method", default="lora", help="a method preset, e.g. lora, full (see info)")
-    s.add_argument("--steps", type=positive_int, default=150)
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default: the task's, enough for LoRA on small: "
+                        + ", ".join(f"{t} {n}" for t, n in FINETUNE_STEPS.items()) + ")")
     s.add_argument("--lr", type=positive_float, default=None,
                    help="AdamW learning rate (default: the method's, e.g. 3e-3 for lora, "
                         "3e-2 for ia3 and prompt)")

@@ -51,6 +51,26 @@ def test_finetune_prints_the_validation_metric(capsys):
     out = capsys.readouterr().out
     assert "trainable" in out and "validation sentiment, accuracy: before" in out
     assert "answer loss" in out
+    assert "note:" not in out  # 40 steps learn sentiment, so no "not learned" hint
+
+
+def test_finetune_says_when_a_run_ends_at_chance(capsys):
+    assert main(["finetune", "--task", "sentiment", "--steps", "1", "--eval-limit", "20",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(chance 0.500)" in out  # one step at lr 3e-3 does not lift it above chance
+    assert "is within 0.02 of chance (0.500): lora has not learned sentiment in 1 step; " \
+           "try more steps (--steps 4)" in out
+
+
+def test_every_task_has_default_finetune_steps_and_paraphrase_gets_600():
+    from minipeft.__main__ import FINETUNE_STEPS, not_learned_note
+    from minipeft.tasks import TASKS
+
+    assert set(FINETUNE_STEPS) == set(TASKS)
+    assert FINETUNE_STEPS["paraphrase"] == 600  # 150 steps leave LoRA at chance there
+    assert not_learned_note("t", "m", 10, "bleu", 0.53, 0.5) is None  # 0.03 above chance
+    assert not_learned_note("t", "m", 10, "bleu", 0.51, 0.5).startswith("note: bleu 0.510")
 
 
 @pytest.mark.parametrize("argv, rate", [
@@ -60,7 +80,9 @@ def test_finetune_prints_the_validation_metric(capsys):
 ])
 def test_finetune_uses_the_methods_learning_rate_unless_given(capsys, argv, rate):
     assert main(["finetune", *argv, "--steps", "1", "--eval-limit", "4", "--quiet"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith(rate)
+    result_line = next(line for line in capsys.readouterr().out.splitlines()
+                       if line.startswith("validation "))
+    assert result_line.endswith(rate)
 
 
 def test_finetune_seed_fixes_the_adapter_initialisation(tmp_path):
