@@ -17,6 +17,8 @@ token embeddings, and the frozen model reads the sequence [P; E(x)]:
   input positions only, so targets and the evaluation code index them as without a prompt.
   During generation with a KV cache the prompt is fed once, on the first call
   (cache.n_seen == 0); its keys and values stay in the cache, so every generated token sees it.
+  Mixed-task inference: prompts of several tasks trained on one frozen model can share a
+  batch, each example reading its own task's prompt (`mixed_task_forward`).
 
 Prefix tuning — Li & Liang (2021) "Prefix-Tuning: Optimizing Continuous Prompts for
 Generation". Every layer ℓ gets P trainable key and value vectors that the queries of the
