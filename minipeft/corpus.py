@@ -124,6 +124,35 @@ PRICES = ["cheap", "affordable", "expensive"]
 RATINGS = ["high", "average", "low"]
 
 
+def word_categories() -> dict[str, list[str]]:
+    """The vocabulary's word classes, as the generator uses them: {category: words}.
+
+    For reading learned prompts (do a vector's nearest tokens share a class?). Each word
+    belongs to one category; multi-word areas ("city centre") are left out, and the
+    numerals are every number a sum line can contain (0 .. 198).
+    """
+    categories = {
+        "positive adjectives": POSITIVE_ADJECTIVES,
+        "negative adjectives": NEGATIVE_ADJECTIVES,
+        "intensifiers": INTENSIFIERS,
+        "animals": ANIMALS + sorted({plural(a) for a in ANIMALS} - set(ANIMALS)),
+        "colours": COLOURS,
+        "foods": FOODS,
+        "places": PLACES,
+        "names": NAMES,
+        "number words": NUMBER_WORDS,
+        "numerals": [str(n) for n in range(2 * 99 + 1)],
+        "verbs": VERBS,
+        "moods": MOODS + list(MOOD_SYNONYMS.values()),
+        "review subjects": SUBJECTS + SHIFT_SUBJECTS,
+        "review aspects": ASPECTS + SHIFT_ASPECTS,
+        "areas": [area for area in AREAS if " " not in area],
+        "prices": PRICES,
+        "ratings": RATINGS,
+    }
+    return {name: list(words) for name, words in categories.items()}
+
+
 def plural(animal: str) -> str:
     """'cat' -> 'cats', 'mouse' -> 'mice'."""
     return IRREGULAR_PLURALS.get(animal, animal + "s")

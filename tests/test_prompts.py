@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from minipeft.analysis import nearest_tokens
 from minipeft.methods.base import CannotMergeError, PeftModel, get_peft_model
 from minipeft.methods.prompts import (DeepPromptConfig, PrefixTuningConfig,
-                                      PrefixTuningModel, PromptTuningConfig)
+                                      PrefixTuningModel, PromptTuningConfig,
+                                      mixed_task_forward)
 from minipeft.model import IGNORE_INDEX, GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
 from minipeft.pretrained import load_pretrained
@@ -378,6 +379,59 @@ def test_deep_prompt_count_with_some_layers():
     first = get_peft_model(random_gpt(),
                            DeepPromptConfig(num_virtual_tokens=3, layers_to_transform=0))
     assert first.layer_ids == [0] and first.count_parameters()[0] == 3 * D
+
+
+# --------------------------------------------------------------------------------------
+# Mixed-task inference: one batch, a different task's prompt per example
+# --------------------------------------------------------------------------------------
+def task_prompts(base: GPT, k: int = 3) -> dict:
+    """Three prompt models on one frozen base, each with its own random prompt."""
+    models = {}
+    for seed, name in enumerate(["sentiment", "paraphrase", "arithmetic"]):
+        torch.manual_seed(10 + seed)
+        models[name] = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=k))
+    return models
+
+
+def test_a_mixed_batch_equals_each_prompt_run_on_its_own():
+    base = random_gpt()
+    models = task_prompts(base)
+    names = ["paraphrase", "sentiment", "arithmetic", "sentiment"]
+    x = tokens(shape=(4, 9))
+    targets = tokens(seed=2, shape=(4, 9))
+    mixed = mixed_task_forward(models, names, x, targets)
+    alone = torch.cat([models[name](x[b:b + 1]).logits for b, name in enumerate(names)])
+    assert (mixed.logits - alone).abs().max() <= 1e-6
+    by_hand = torch.cat([hand_forward(base, torch.cat([models[name].prompt[None],
+                                                        base.tok_emb(x[b:b + 1])], dim=1))
+                         for b, name in enumerate(names)])[:, 3:]
+    torch.testing.assert_close(mixed.logits, by_hand, atol=1e-5, rtol=1e-5)
+    expected_loss = F.cross_entropy(alone.reshape(-1, alone.shape[-1]), targets.reshape(-1))
+    assert mixed.loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
+
+
+def test_mixed_batch_rejects_unknown_names_and_a_wrong_count():
+    models = task_prompts(random_gpt())
+    x = tokens(shape=(2, 5))
+    with pytest.raises(ValueError, match=r"unknown adapter names \['qa'\]"):
+        mixed_task_forward(models, ["sentiment", "qa"], x)
+    with pytest.raises(ValueError, match="3 adapter names for a batch of 2"):
+        mixed_task_forward(models, ["sentiment"] * 3, x)
+
+
+def test_mixed_batch_needs_one_base_and_one_prompt_length():
+    base = random_gpt()
+    models = task_prompts(base)
+    x = tokens(shape=(2, 5))
+    other = {**models, "other": get_peft_model(random_gpt(seed=1), PromptTuningConfig(
+        num_virtual_tokens=3))}
+    with pytest.raises(ValueError, match="different base models"):
+        mixed_task_forward(other, ["sentiment", "other"], x)
+    longer = {**models, "long": get_peft_model(base, PromptTuningConfig(num_virtual_tokens=5))}
+    with pytest.raises(ValueError, match="different lengths"):
+        mixed_task_forward(longer, ["sentiment", "long"], x)
+    with pytest.raises(ValueError, match="more than the context window"):
+        mixed_task_forward(models, ["sentiment"], tokens(shape=(1, CONFIG.block_size)))
 
 
 # --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import minipeft
 
 PACKAGE_DIR = Path(minipeft.__file__).resolve().parent
 CORE_MODULES = ["model", "train", "tokenizer", "corpus", "tasks", "pretrained", "analysis",
+                "prompt_analysis",
                 "checks", "files", "paths", "icl"]
 CORE_FILES = ([PACKAGE_DIR / f"{name}.py" for name in CORE_MODULES]
               + sorted((PACKAGE_DIR / "methods").glob("*.py")))

@@ -17,6 +17,8 @@ token embeddings, and the frozen model reads the sequence [P; E(x)]:
   input positions only, so targets and the evaluation code index them as without a prompt.
   During generation with a KV cache the prompt is fed once, on the first call
   (cache.n_seen == 0); its keys and values stay in the cache, so every generated token sees it.
+  Mixed-task inference: prompts of several tasks trained on one frozen model can share a
+  batch, each example reading its own task's prompt (`mixed_task_forward`).
 
 Prefix tuning — Li & Liang (2021) "Prefix-Tuning: Optimizing Continuous Prompts for
 Generation". Every layer ℓ gets P trainable key and value vectors that the queries of the
@@ -186,6 +188,21 @@ class InputCompositionModel(PeftModel):
         self.check_can_merge()
 
 
+def read_with_prompts(gpt: GPT, prompts: torch.Tensor, x: torch.Tensor, targets=None,
+                      prefix=None, cache=None) -> GPTOutput:
+    """The frozen GPT on [P_b; E(x_b)] for every example b; logits of the input positions.
+
+    prompts: (B, k, d), one prompt per example (the same one repeated for a single task);
+    x: E(x), (B, T, d). Returns logits (B, T, V) and the loss over the input positions.
+    """
+    B, k, _ = prompts.shape
+    x = torch.cat([prompts.to(x.dtype), x], dim=1)  # [P_b; E(x_b)]: (B, k+T, d)
+    if targets is not None:  # the prompt positions predict nothing
+        targets = torch.cat([targets.new_full((B, k), IGNORE_INDEX), targets], dim=1)
+    out = gpt(inputs_embeds=x, targets=targets, prefix=prefix, cache=cache)
+    return GPTOutput(out.logits[:, k:], out.loss, out.cache)  # logits of x only: (B, T, V)
+
+
 @register_method(PromptTuningConfig)
 class PromptTuningModel(InputCompositionModel):
     """Frozen GPT reading [P; E(x)]; returns the logits of the input positions only."""
@@ -215,13 +232,9 @@ class PromptTuningModel(InputCompositionModel):
             # The prompt went in on the first call and lives in the cache: positions continue.
             return self.base_model(inputs_embeds=x, targets=targets, prefix=prefix, cache=cache)
         B, T, d = x.shape
-        k = self.num_virtual_tokens
         self.check_fits(T)
-        x = torch.cat([self.prompt.to(x.dtype).expand(B, k, d), x], dim=1)  # [P; E(x)]: (B, k+T, d)
-        if targets is not None:  # the prompt positions predict nothing
-            targets = torch.cat([targets.new_full((B, k), IGNORE_INDEX), targets], dim=1)
-        out = self.base_model(inputs_embeds=x, targets=targets, prefix=prefix, cache=cache)
-        return GPTOutput(out.logits[:, k:], out.loss, out.cache)  # logits of x only: (B, T, V)
+        prompts = self.prompt.expand(B, self.num_virtual_tokens, d)  # one P for every example
+        return read_with_prompts(self.base_model, prompts, x, targets, prefix, cache)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
@@ -229,6 +242,43 @@ class PromptTuningModel(InputCompositionModel):
             self.check_fits(idx.shape[1] + max_new_tokens,
                             f"tokens ({idx.shape[1]} given + {max_new_tokens} to generate)")
         return super().generate(idx, max_new_tokens, **kwargs)
+
+
+def mixed_task_forward(prompt_models: dict[str, PromptTuningModel], adapter_names: list[str],
+                       idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
+    """One batch in which example b reads the soft prompt of task adapter_names[b].
+
+    Lester et al. (2021, §1, Figure 2; the CS 4804 lecture "Parameter-efficient fine-tuning
+    (PEFT)" lists it among prompt tuning's advantages): the frozen model is shared, so
+    examples of different tasks can go through it in one batch, each with its own prompt:
+    [P_{t(b)}; E(x_b)].
+    prompt_models: task name → PromptTuningModel, all on the same base model and with the
+    same number of vectors k (the inputs must start at the same position k in every row).
+    Each row's logits equal those of running its own prompt model on it alone.
+    """
+    models = list(prompt_models.values())
+    if not models or not all(isinstance(m, PromptTuningModel) for m in models):
+        raise ValueError("prompt_models must map task names to PromptTuningModels (at least "
+                         "one)")
+    gpt = models[0].base_model
+    if any(m.base_model is not gpt for m in models):
+        raise ValueError("the prompt models wrap different base models; mixed-task inference "
+                         "shares one frozen model: build every prompt on the same GPT")
+    lengths = {name: m.num_virtual_tokens for name, m in prompt_models.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"prompts of different lengths {lengths}: the inputs of one batch "
+                         "must start at the same position; use one num_virtual_tokens")
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    if len(adapter_names) != idx.shape[0]:
+        raise ValueError(f"{len(adapter_names)} adapter names for a batch of {idx.shape[0]} "
+                         "examples; give one task name per example")
+    unknown = sorted(set(adapter_names) - set(prompt_models))
+    if unknown:
+        raise ValueError(f"unknown adapter names {unknown}; known: {sorted(prompt_models)}")
+    models[0].check_fits(idx.shape[1])
+    prompts = torch.stack([prompt_models[name].prompt for name in adapter_names])  # (B, k, d)
+    return read_with_prompts(gpt, prompts, gpt.embed(idx), targets)
 
 
 # --------------------------------------------------------------------------------------
