@@ -104,13 +104,13 @@ def rows_of_this_rank(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ..
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` inside DistributedDataParallel (its state is broadcast from rank 0 first).
 
-    broadcast_buffers=False: buffers that training updates (AdaLoRA's importance scores)
+    forward_sync_buffers=False: buffers that training updates (AdaLoRA's importance scores)
     change the same way on every rank, from the same all-reduced gradients.
     """
     check_can_wrap(model)
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False)
+        forward_sync_buffers=False)
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
