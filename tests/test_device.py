@@ -1,6 +1,6 @@
 """Devices and precision: choosing a device, bf16 autocast, and the checks that refuse what
-this machine cannot do. The tests marked `cuda` run only where a CUDA GPU is present (the
-lax GPU pass of scripts/test.sh); they compare a GPU run with the same run on the CPU."""
+this machine cannot do. The tests marked `cuda` run only where a CUDA GPU is present
+(scripts/test.sh runs them there); they compare a GPU run with the same run on the CPU."""
 import copy
 
 import pytest
@@ -136,7 +136,7 @@ def test_models_ddp_cannot_train_are_named():
 
 
 # --------------------------------------------------------------------------------------
-# On a GPU (run by the lax GPU pass of scripts/test.sh)
+# On a GPU (skipped on a machine without CUDA)
 # --------------------------------------------------------------------------------------
 @cuda
 @pytest.mark.parametrize("preset", sorted(PRESETS))
