@@ -39,15 +39,21 @@ def checkpointing(args) -> dict:
 
 def chosen_device(args, batch_size: int | None = None) -> torch.device:
     """--device and --precision checked, and under torchrun the process group joined:
-    every mistake is reported here, before a model is built. Returns this process' device."""
+    every mistake is reported here, before a model is built. Returns this process' device.
+
+    `batch_size`: the global batch of a command that trains data-parallel under torchrun;
+    None for a command that runs in one process only.
+    """
     from minipeft import distributed
     from minipeft.device import check_precision, resolve_device
 
     device = resolve_device(args.device)
     check_precision(getattr(args, "precision", "fp32"), device)
     if distributed.launched_with_several_processes():
-        if batch_size is not None:
-            distributed.check_batch_fits_world(batch_size, int(os.environ["WORLD_SIZE"]))
+        if batch_size is None:
+            raise ValueError(f"`{args.command}` runs in one process; start it without "
+                             "torchrun (only finetune and pretrain train data-parallel)")
+        distributed.check_batch_fits_world(batch_size, int(os.environ["WORLD_SIZE"]))
         device = distributed.init_from_environment(device)
     return device
 

@@ -127,6 +127,13 @@ def test_torchrun_with_too_small_a_batch_fails_before_the_model_is_built(monkeyp
     assert "4 processes but a global batch of 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["generate"], ["demo"]])
+def test_one_process_commands_refuse_torchrun(command, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*command, "--device", "cpu"]) == 2
+    assert "start it without torchrun" in capsys.readouterr().err
+
+
 def test_models_ddp_cannot_train_are_named():
     torch.manual_seed(0)
     frozen = GPT(CONFIG).requires_grad_(False)
