@@ -192,84 +192,75 @@ def train_loop(
     check_trainable(model)
     device = model_device(model)
     check_precision(precision, device)
-    with private_rng(seed):
-        return run_steps(
-            model, batches, steps, lr, max(1, steps // 10) if warmup is None else warmup,
-            weight_decay, grad_clip, param_groups, evaluate, eval_every, seed, progress, desc,
-            checkpoint_dir, checkpoint_every, resume, precision, decay_vectors, device)
-
-
-def run_steps(model, batches, steps, lr, warmup, weight_decay, grad_clip, param_groups,
-              evaluate, eval_every, seed, progress, desc, checkpoint_dir, checkpoint_every,
-              resume, precision, decay_vectors, device) -> TrainResult:
-    """train_loop's body, once its arguments are checked and its generators seeded."""
-    optimizer = make_optimizer(model, lr, weight_decay, param_groups, decay_vectors)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
-           "grad_clip": grad_clip, "seed": seed}
-    result = TrainResult()
-    first_step, elapsed = 0, 0.0
-    if resume:
-        first_step, elapsed = load_checkpoint(Path(checkpoint_dir), model, optimizer, run,
-                                              result)
-        for _ in range(first_step):
-            next(batches)  # the stream is deterministic: replay it up to the checkpoint
-    several = distributed.world_size() > 1
-    forward = distributed.wrap(model, device) if several else model
-    main = distributed.is_main_process()
-    start = time.perf_counter() - elapsed
-    bar = tqdm(range(first_step, steps), desc=desc, disable=not (progress and main),
-               leave=False, initial=first_step, total=steps)
-    for step in bar:
-        model.train()
-        inputs, targets = next(batches)
-        if several:
-            inputs, targets, share = distributed_share(inputs, targets)
-        inputs, targets = inputs.to(device), targets.to(device)
-        with autocast(device, precision):
-            loss = forward(inputs, targets).loss
-        if several:  # the gradient of the global mean, and the global loss for the curve
-            loss = loss * share
-            global_loss = distributed.all_reduce_sum(loss) / distributed.world_size()
-        else:
-            global_loss = loss
-        # The one host sync per step: the loss curve and the stop on a non-finite loss
-        # need the number on the CPU.
-        loss_value = global_loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"the training loss is {loss_value} at step {step + 1}; the run is stopped "
-                f"and nothing was saved. The usual cause is a learning rate too high for "
-                f"this method (lr={lr:g}): try one 3-10x lower")
-        total = loss
-        if hasattr(model, "regularization_loss"):
-            total = total + model.regularization_loss()
-        total.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, group["base_lr"], warmup)
-        optimizer.step()
-        if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step(step, steps)
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss_value)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        is_last = step == steps - 1
-        if main and evaluate is not None and (
-                is_last or (eval_every and (step + 1) % eval_every == 0)):
-            model.eval()
-            result.evals.append((step + 1, evaluate()))
-        if main and checkpoint_every is not None and (
-                is_last or (step + 1) % checkpoint_every == 0):
-            save_checkpoint(Path(checkpoint_dir), model, optimizer, run, result, step + 1,
-                            time.perf_counter() - start)
-    del forward  # DDP's gradient hooks go with the wrapper
-    model.eval()
-    check_finite_parameters(trainable)
-    distributed.check_replicas_agree(trainable)
-    result.seconds = time.perf_counter() - start
-    return result
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    with private_rng(seed):  # the caller's generators are given back untouched
+        optimizer = make_optimizer(model, lr, weight_decay, param_groups, decay_vectors)
+        trainable = [p for g in optimizer.param_groups for p in g["params"]]
+        run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
+               "grad_clip": grad_clip, "seed": seed}
+        result = TrainResult()
+        first_step, elapsed = 0, 0.0
+        if resume:
+            first_step, elapsed = load_checkpoint(Path(checkpoint_dir), model, optimizer, run,
+                                                  result)
+            for _ in range(first_step):
+                next(batches)  # the stream is deterministic: replay it up to the checkpoint
+        several = distributed.world_size() > 1
+        forward = distributed.wrap(model, device) if several else model
+        main = distributed.is_main_process()
+        start = time.perf_counter() - elapsed
+        bar = tqdm(range(first_step, steps), desc=desc, disable=not (progress and main),
+                   leave=False, initial=first_step, total=steps)
+        for step in bar:
+            forward.train()  # the model (and its DDP wrapper)
+            inputs, targets = next(batches)
+            if several:
+                inputs, targets, share = distributed_share(inputs, targets)
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast(device, precision):
+                loss = forward(inputs, targets).loss
+            if several:  # the gradient of the global mean, and the global loss for the curve
+                loss = loss * share
+                global_loss = distributed.all_reduce_sum(loss) / distributed.world_size()
+            else:
+                global_loss = loss
+            # The one host sync per step: the loss curve and the stop on a non-finite loss
+            # need the number on the CPU.
+            loss_value = global_loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss_value} at step {step + 1}; the run is stopped "
+                    f"and nothing was saved. The usual cause is a learning rate too high for "
+                    f"this method (lr={lr:g}): try one 3-10x lower")
+            total = loss
+            if hasattr(model, "regularization_loss"):
+                total = total + model.regularization_loss()
+            total.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, group["base_lr"], warmup)
+            optimizer.step()
+            if hasattr(model, "after_optimizer_step"):
+                model.after_optimizer_step(step, steps)
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(loss_value)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            is_last = step == steps - 1
+            if main and evaluate is not None and (
+                    is_last or (eval_every and (step + 1) % eval_every == 0)):
+                model.eval()
+                result.evals.append((step + 1, evaluate()))
+            if main and checkpoint_every is not None and (
+                    is_last or (step + 1) % checkpoint_every == 0):
+                save_checkpoint(Path(checkpoint_dir), model, optimizer, run, result, step + 1,
+                                time.perf_counter() - start)
+        del forward  # DDP's gradient hooks go with the wrapper
+        model.eval()
+        check_finite_parameters(trainable)
+        distributed.check_replicas_agree(trainable)
+        result.seconds = time.perf_counter() - start
+        return result
 
 
 def distributed_share(inputs: torch.Tensor, targets: torch.Tensor
@@ -279,14 +270,12 @@ def distributed_share(inputs: torch.Tensor, targets: torch.Tensor
     then averages over the W ranks; see minipeft.distributed). Counted before the batch
     moves to the device, so a CPU batch costs no device sync."""
     world = distributed.world_size()
-    distributed.check_batch_fits_world(len(targets), world)
+    my_inputs, my_targets = distributed.rows_of_this_rank((inputs, targets))
     counts = (targets != IGNORE_INDEX).reshape(world, -1).sum(dim=1).tolist()  # per rank
     if min(counts) == 0:
         raise ValueError(f"a rank's share of the batch has no target tokens (tokens per rank: "
                          f"{counts}); use a larger --batch-size or fewer processes")
-    mine = counts[distributed.rank()]
-    inputs, targets = distributed.rows_of_this_rank((inputs, targets))
-    return inputs, targets, world * mine / sum(counts)
+    return my_inputs, my_targets, world * counts[distributed.rank()] / sum(counts)
 
 
 def check_finite_parameters(params: list[torch.Tensor]) -> None:
