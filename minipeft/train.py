@@ -79,14 +79,21 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
 
 
 @contextlib.contextmanager
-def private_rng(seed: int):
-    """Run the body with torch's generators (CPU and every GPU) seeded with `seed`, and give
-    the caller back its own torch, Python and NumPy random states afterwards."""
+def private_rng(seed: int, device: torch.device):
+    """Run the body with torch's CPU generator and `device`'s seeded with `seed`, and give
+    the caller back its own torch, Python and NumPy random states afterwards. Only the
+    training device's generator is touched: under torchrun each rank keeps to its own GPU.
+    (On Apple's MPS the generator is seeded but not given back: torch cannot fork it.)"""
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    gpus = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=gpus):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)
+            for gpu in gpus:
+                with torch.cuda.device(gpu):
+                    torch.cuda.manual_seed(seed)
+            if device.type == "mps":
+                torch.mps.manual_seed(seed)
             yield
     finally:  # a resumed run restores the checkpoint's Python/NumPy states: undo that too
         random.setstate(python_state)
@@ -193,7 +200,7 @@ def train_loop(
     device = model_device(model)
     check_precision(precision, device)
     warmup = max(1, steps // 10) if warmup is None else warmup
-    with private_rng(seed):  # the caller's generators are given back untouched
+    with private_rng(seed, device):  # the caller's generators are given back untouched
         optimizer = make_optimizer(model, lr, weight_decay, param_groups, decay_vectors)
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
         run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
