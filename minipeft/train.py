@@ -83,7 +83,7 @@ def private_rng(seed: int, device: torch.device):
     """Run the body with torch's CPU generator and `device`'s seeded with `seed`, and give
     the caller back its own torch, Python and NumPy random states afterwards. Only the
     training device's generator is touched: under torchrun each rank keeps to its own GPU.
-    (On Apple's MPS the generator is seeded but not given back: torch cannot fork it.)"""
+    (On Apple's MPS the generator is seeded, not forked.)"""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     gpus = [device] if device.type == "cuda" else []
     try:
