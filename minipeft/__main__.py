@@ -105,7 +105,7 @@ def cmd_finetune(args) -> None:
     from minipeft import distributed
     from minipeft.tasks import get_task
 
-    get_task(args.task)  # an unknown task fails here, before the model is built
+    metric = get_task(args.task).metric  # an unknown task fails here, before the model is built
     device = chosen_device(args, args.batch_size)
     try:
         torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
@@ -114,14 +114,14 @@ def cmd_finetune(args) -> None:
             check_save_path(Path(args.save), model.config.peft_type)
         if distributed.world_size() > 1:
             distributed.check_can_wrap(model)
-        finetune_and_report(model, args, main=distributed.is_main_process())
+        finetune_and_report(model, args, metric, main=distributed.is_main_process())
     finally:
         distributed.finish()
 
 
-def finetune_and_report(model, args, main: bool) -> None:
+def finetune_and_report(model, args, metric: str, main: bool) -> None:
     from minipeft.methods import learning_rate
-    from minipeft.tasks import chance_baseline, get_task
+    from minipeft.tasks import chance_baseline
     from minipeft.train import answer_loss, evaluate_task, train
 
     if main:
@@ -136,7 +136,7 @@ def finetune_and_report(model, args, main: bool) -> None:
     if not main:
         return
     loss_after = answer_loss(model, args.task, "validation", limit=args.eval_limit)
-    print(f"validation {args.task}, {get_task(args.task).metric}: before {before:.3f} → after "
+    print(f"validation {args.task}, {metric}: before {before:.3f} → after "
           f"{result.final_metric:.3f} (chance {chance_baseline(args.task):.3f}); answer loss "
           f"{loss_before:.3f} → {loss_after:.3f}; {args.steps} steps in {result.seconds:.1f}s "
           f"at lr {lr:g}")
