@@ -5,6 +5,7 @@
     peft = get_peft_model(model, LoraConfig(r=8, alpha=16, target_modules=["q", "v"]))
     train(peft, task="sentiment", steps=150, lr=learning_rate("lora"))
 """
+from minipeft.device import default_device
 from minipeft.methods import *  # noqa: F401,F403  (every Config, get_peft_model, PRESETS)
 from minipeft.methods import __all__ as _method_names
 from minipeft.model import GPT, GPTConfig
@@ -13,4 +14,4 @@ from minipeft.tokenizer import load_tokenizer
 from minipeft.train import evaluate_task, train
 
 __all__ = ["GPT", "GPTConfig", "load_pretrained", "load_tokenizer", "train", "evaluate_task",
-           *_method_names]
+           "default_device", *_method_names]

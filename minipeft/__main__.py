@@ -37,14 +37,43 @@ def checkpointing(args) -> dict:
             "resume": args.resume}
 
 
+def chosen_device(args, batch_size: int | None = None) -> torch.device:
+    """--device and --precision checked, and under torchrun the process group joined:
+    every mistake is reported here, before a model is built. Returns this process' device.
+
+    `batch_size`: the global batch of a command that trains data-parallel under torchrun;
+    None for a command that runs in one process only.
+    """
+    from minipeft import distributed
+    from minipeft.device import check_precision, resolve_device
+
+    device = resolve_device(args.device)
+    check_precision(getattr(args, "precision", "fp32"), device)
+    if distributed.launched_with_several_processes():
+        if batch_size is None:
+            raise ValueError(f"`{args.command}` runs in one process; start it without "
+                             "torchrun (only finetune and pretrain train data-parallel)")
+        distributed.check_batch_fits_world(batch_size, int(os.environ["WORLD_SIZE"]))
+        device = distributed.init_from_environment(device)
+    return device
+
+
 def cmd_pretrain(args) -> None:
-    from minipeft.pretrained import rebuild
+    from minipeft import distributed
+    from minipeft.pretrained import pretrain, rebuild, recipe
 
     torch.set_num_threads(args.threads) if args.threads else None
-    report = rebuild(args.size, steps=args.steps, progress=not args.quiet, device=args.device,
-                     **checkpointing(args))
-    for key, value in report.items():
-        print(f"{key}: {value}")
+    device = chosen_device(args, recipe(args.size).batch_size)
+    options = dict(steps=args.steps, device=str(device), **checkpointing(args))
+    try:
+        if distributed.is_main_process():  # rank 0 alone writes the checkpoint file
+            report = rebuild(args.size, progress=not args.quiet, **options)
+            for key, value in report.items():
+                print(f"{key}: {value}")
+        else:
+            pretrain(args.size, progress=False, **options)
+    finally:
+        distributed.finish()
 
 
 def build_model(size: str, method: str):
@@ -91,24 +120,42 @@ def not_learned_note(task: str, method: str, steps: int, metric: str, final: flo
 
 
 def cmd_finetune(args) -> None:
-    from minipeft.methods import learning_rate
-    from minipeft.tasks import chance_baseline, get_task
-    from minipeft.train import answer_loss, evaluate_task, train
+    """Fine-tune and report; under torchrun every rank trains and rank 0 alone evaluates,
+    prints and saves."""
+    from minipeft import distributed
+    from minipeft.tasks import get_task
 
     metric = get_task(args.task).metric  # an unknown task fails here, before the model is built
+    device = chosen_device(args, args.batch_size)
+    try:
+        torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
+        model = build_model(args.size, args.method).to(device)
+        if args.save:
+            check_save_path(Path(args.save), model.config.peft_type)
+        if distributed.world_size() > 1:
+            distributed.check_can_wrap(model)
+        finetune_and_report(model, args, metric, main=distributed.is_main_process())
+    finally:
+        distributed.finish()
+
+
+def finetune_and_report(model, args, metric: str, main: bool) -> None:
+    from minipeft.methods import learning_rate
+    from minipeft.tasks import chance_baseline
+    from minipeft.train import answer_loss, evaluate_task, train
+
     steps = FINETUNE_STEPS[args.task] if args.steps is None else args.steps
-    torch.manual_seed(args.seed)  # the seed also fixes φ's random initialisation
-    model = build_model(args.size, args.method)
-    if args.save:
-        check_save_path(Path(args.save), model.config.peft_type)
-    print(f"{args.method} on {args.size}: ", end="")
-    model.print_trainable_parameters()
-    before = evaluate_task(model, args.task, "validation", limit=args.eval_limit)
-    loss_before = answer_loss(model, args.task, "validation", limit=args.eval_limit)
+    if main:
+        print(f"{args.method} on {args.size}: ", end="")
+        model.print_trainable_parameters()
+        before = evaluate_task(model, args.task, "validation", limit=args.eval_limit)
+        loss_before = answer_loss(model, args.task, "validation", limit=args.eval_limit)
     lr = learning_rate(args.method) if args.lr is None else args.lr
     result = train(model, args.task, steps=steps, lr=lr, batch_size=args.batch_size,
                    eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet,
-                   **checkpointing(args))
+                   precision=args.precision, **checkpointing(args))
+    if not main:
+        return
     loss_after = answer_loss(model, args.task, "validation", limit=args.eval_limit)
     chance = chance_baseline(args.task)
     print(f"validation {args.task}, {metric}: before {before:.3f} → after "
@@ -126,10 +173,11 @@ def cmd_generate(args) -> None:
     from minipeft.pretrained import load_pretrained
     from minipeft.tokenizer import load_tokenizer
 
-    model = load_pretrained(args.size)
+    device = chosen_device(args)
+    model = load_pretrained(args.size).to(device)
     tokenizer = load_tokenizer()
-    idx = torch.tensor([tokenizer.encode(args.prompt)])
-    generator = torch.Generator().manual_seed(args.seed)
+    idx = torch.tensor([tokenizer.encode(args.prompt)], device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, eos_id=tokenizer.eos_id, generator=generator)
     print(tokenizer.decode([t for t in out[0].tolist() if t != tokenizer.eos_id]))
@@ -150,7 +198,7 @@ def cmd_demo(args) -> None:
     """The README's first command: LoRA on the sentiment task, start to finish."""
     from minipeft.demo import run_demo
 
-    run_demo()
+    run_demo(device=chosen_device(args), precision=args.precision)
 
 
 def cmd_slides(args) -> None:
@@ -210,6 +258,18 @@ def finite_float(text: str) -> float:
     return value
 
 
+def add_device_arguments(s: argparse.ArgumentParser, default: str = "auto",
+                         precision: bool = True) -> None:
+    from minipeft.device import DEVICE_CHOICES, PRECISIONS
+
+    s.add_argument("--device", choices=DEVICE_CHOICES, default=default,
+                   help=f"where to run: auto = cuda when this machine has a GPU, else cpu "
+                        f"(default {default})")
+    if precision:
+        s.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32, or bf16 autocast for the forward pass (φ stays fp32)")
+
+
 def add_checkpoint_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--checkpoint-dir", default=None,
                    help="folder for the training checkpoint (checkpoint.pt)")
@@ -233,7 +293,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=positive_int, default=None,
                    help="override the recipe's step count")
     s.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    s.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda")
+    # cpu by default: `pretrain` reproduces the shipped checkpoints bit for bit on a CPU.
+    # The recipe trains in fp32 (no --precision), as the shipped checkpoints were.
+    add_device_arguments(s, default="cpu", precision=False)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     add_checkpoint_arguments(s)
     s.set_defaults(run=cmd_pretrain)
@@ -253,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save", default=None, help="directory to save the adapter to")
     s.add_argument("--quiet", action="store_true")
+    add_device_arguments(s)
     add_checkpoint_arguments(s)
     s.set_defaults(run=cmd_finetune)
 
@@ -264,6 +327,7 @@ def parser() -> argparse.ArgumentParser:
                    help="0 = greedy decoding")
     s.add_argument("--top-k", type=positive_int, default=20)
     s.add_argument("--seed", type=int, default=0)
+    add_device_arguments(s, precision=False)
     s.set_defaults(run=cmd_generate)
 
     s = sub.add_parser("build-data", help="regenerate tokenizer, task files and checkpoints")
@@ -271,8 +335,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(run=cmd_build_data)
 
-    sub.add_parser("demo", help="the main demo: LoRA fine-tuning end to end").set_defaults(
-        run=cmd_demo)
+    s = sub.add_parser("demo", help="the main demo: LoRA fine-tuning end to end")
+    add_device_arguments(s)
+    s.set_defaults(run=cmd_demo)
 
     s = sub.add_parser("slides", help="build slides/*.slides.html from the executed notebooks")
     s.add_argument("notebooks", nargs="*", help="notebook files (default: all of notebooks/)")

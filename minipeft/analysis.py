@@ -63,8 +63,8 @@ def subspace_similarity_grid(A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor
     V2 = torch.linalg.svd(A2.detach().double(), full_matrices=False).Vh  # (r2, k)
     overlap = (V1 @ V2.T) ** 2  # (r1, r2): cos² between singular directions
     captured = overlap.cumsum(0).cumsum(1)  # [i-1, j-1] = ‖U1ᵢᵀ U2ⱼ‖²_F
-    i = torch.arange(1, V1.shape[0] + 1, dtype=captured.dtype)
-    j = torch.arange(1, V2.shape[0] + 1, dtype=captured.dtype)
+    i = torch.arange(1, V1.shape[0] + 1, dtype=captured.dtype, device=captured.device)
+    j = torch.arange(1, V2.shape[0] + 1, dtype=captured.dtype, device=captured.device)
     return captured / torch.minimum(i[:, None], j[None, :])
 
 
@@ -127,8 +127,8 @@ def mean_score_per_module(scores: dict[str, torch.Tensor], n_layer: int
         for j, path in enumerate(BLOCK_TENSORS.values()):
             parts = [s.float().reshape(-1) for name, s in scores.items()
                      if name.startswith(f"blocks.{i}.{path}.")]
-            if parts:
-                table[i, j] = torch.cat(parts).mean()
+            if parts:  # the table is a CPU one, whatever device the scores are on
+                table[i, j] = float(torch.cat(parts).mean())
     return table, list(BLOCK_TENSORS)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 
-def run_demo(steps: int = 150, seed: int = 0) -> dict:
+def run_demo(steps: int = 150, seed: int = 0, device: torch.device | str = "cpu",
+             precision: str = "fp32") -> dict:
     from minipeft.methods.base import get_peft_model
     from minipeft.methods.lora import LoraConfig
     from minipeft.paths import CHECKPOINT_DIR
@@ -23,7 +24,7 @@ def run_demo(steps: int = 150, seed: int = 0) -> dict:
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer()
-    model = load_pretrained("small")
+    model = load_pretrained("small").to(device)
     print(f"1. pretrained 'small' GPT: {model.num_parameters():,} parameters, all frozen")
     before = evaluate_task(model, "sentiment", "validation", tokenizer)
     loss_before = answer_loss(model, "sentiment", "validation", limit=100)
@@ -34,7 +35,7 @@ def run_demo(steps: int = 150, seed: int = 0) -> dict:
     print("3. LoRA r=8 on q and v:   ", end="")
     peft.print_trainable_parameters()
 
-    result = train(peft, "sentiment", steps=steps, lr=3e-3, seed=seed)
+    result = train(peft, "sentiment", steps=steps, lr=3e-3, seed=seed, precision=precision)
     shift = evaluate_task(peft, "sentiment", "shift", tokenizer)
     loss_after = answer_loss(peft, "sentiment", "validation", limit=100)
     print(f"4. after {steps} steps ({result.seconds:.1f}s): accuracy {result.final_metric:.3f}, "
@@ -46,7 +47,8 @@ def run_demo(steps: int = 150, seed: int = 0) -> dict:
     base_kb = (CHECKPOINT_DIR / "small.safetensors").stat().st_size / 1024
     print(f"5. adapter file: {adapter_kb:.0f} KiB, versus {base_kb:.0f} KiB for the base")
 
-    probe = torch.tensor([tokenizer.encode("review : the film was lovely . sentiment :")])
+    probe = torch.tensor([tokenizer.encode("review : the film was lovely . sentiment :")],
+                         device=device)
     unmerged = peft(probe).logits
     merged_model = peft.merge_and_unload()
     gap = (merged_model(probe).logits - unmerged).abs().max().item()

@@ -103,8 +103,9 @@ def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool 
     model = GPT(spec.config).to(target)
     block = spec.config.block_size
     batches = lm_windows(train_tokens.to(target), block, spec.batch_size, seed=seed)
+    # decay_vectors=True: the shipped checkpoints were pretrained with decay on every tensor.
     result = train_loop(model, batches, steps, lr=spec.lr, weight_decay=0.1, seed=seed,
-                        progress=progress, desc=f"pretrain {name}",
+                        decay_vectors=True, progress=progress, desc=f"pretrain {name}",
                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                         resume=resume)
     model.cpu()

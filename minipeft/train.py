@@ -23,9 +23,17 @@ training state is more than tensors keeps it in `training_state()` /
 
 A loss that is NaN or infinite stops the run at that step with an error: continuing would
 only write NaN into φ.
+
+Device and processes: batches go to the device of the model (`model.to("cuda")` is all it
+takes), `precision="bf16"` runs the forward pass under autocast (see minipeft.device), and
+inside a torch.distributed process group (torchrun) the loop trains with DDP, each rank on
+its slice of the global batch (see minipeft.distributed). The loop draws its random numbers
+from a private copy of the generators seeded with `seed`: the caller's random state is the
+same afterwards as before.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import random
@@ -39,7 +47,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from minipeft import distributed
 from minipeft.checks import (check_non_negative, check_positive, check_positive_int)
+from minipeft.device import autocast, check_precision, model_device
 from minipeft.files import atomic_write_bytes
 from minipeft.model import IGNORE_INDEX
 
@@ -68,23 +78,65 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_seed(seed: int) -> None:
-    torch.manual_seed(seed)
+@contextlib.contextmanager
+def private_rng(seed: int, device: torch.device):
+    """Run the body with torch's CPU generator and `device`'s seeded with `seed`, and give
+    the caller back its own torch, Python and NumPy random states afterwards. Only the
+    training device's generator is touched: under torchrun each rank keeps to its own GPU.
+    (On Apple's MPS the generator is seeded, not forked.)"""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    gpus = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            torch.random.default_generator.manual_seed(seed)
+            for gpu in gpus:
+                with torch.cuda.device(gpu):
+                    torch.cuda.manual_seed(seed)
+            if device.type == "mps":
+                torch.mps.manual_seed(seed)
+            yield
+    finally:  # a resumed run restores the checkpoint's Python/NumPy states: undo that too
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                   param_groups: list[dict] | None = None) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (or explicit groups, e.g. LoRA+'s two rates)."""
+                   param_groups: list[dict] | None = None,
+                   decay_vectors: bool = False) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (or explicit groups, e.g. LoRA+'s two rates).
+
+    Weight decay pulls matrices towards 0; vectors (biases, LayerNorm gains) are left out,
+    as in nanoGPT's configure_optimizers: decaying a LayerNorm gain towards 0 shrinks the
+    layer's output rather than regularising it. A group that sets its own `weight_decay`
+    keeps it. `decay_vectors=True` decays every parameter (the recipe the shipped
+    checkpoints were pretrained with).
+    """
     if param_groups is None:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters (requires_grad=True); "
                              "did you freeze everything, or forget get_peft_model()?")
         param_groups = [{"params": params}]
+    if not decay_vectors:
+        param_groups = [part for group in param_groups for part in split_vectors(group)]
     for group in param_groups:
         group.setdefault("lr", lr)
         group["base_lr"] = group["lr"]  # the schedule scales each group's own rate
     return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+
+
+def split_vectors(group: dict) -> list[dict]:
+    """`group`, or (if it sets no weight_decay) its matrices and its 1-D tensors as two
+    groups, the second with weight_decay 0. Empty groups are dropped."""
+    if "weight_decay" in group:
+        return [group]
+    params = list(group["params"])
+    matrices = [p for p in params if p.dim() >= 2]
+    vectors = [p for p in params if p.dim() < 2]
+    parts = [{**group, "params": matrices}] if matrices else []
+    if vectors:
+        parts.append({**group, "params": vectors, "weight_decay": 0.0})
+    return parts
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -118,12 +170,17 @@ def train_loop(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    precision: str = "fp32",
+    decay_vectors: bool = False,
 ) -> TrainResult:
     """Optimise `model` on `steps` batches; evaluate every `eval_every` steps and at the end.
 
     With `checkpoint_dir` and `checkpoint_every`, the training state is written every
     `checkpoint_every` steps and at the end; `resume=True` continues from it. `batches` must
     be the same deterministic stream as in the first run (it is replayed to the step).
+    Batches may live on the CPU: each is moved to the model's device. `precision`: "fp32"
+    or "bf16" (autocast). `decay_vectors`: see `make_optimizer`. Under torchrun, every rank
+    passes the same global batches; rank 0 alone evaluates, checkpoints and shows progress.
     """
     check_positive_int(steps, "steps")
     check_non_negative(lr, "lr")  # 0 is allowed: a run that only evaluates
@@ -140,57 +197,92 @@ def train_loop(
     if checkpoint_every is not None:
         check_positive_int(checkpoint_every, "checkpoint_every")
     check_trainable(model)
-    set_seed(seed)
+    device = model_device(model)
+    check_precision(precision, device)
     warmup = max(1, steps // 10) if warmup is None else warmup
-    optimizer = make_optimizer(model, lr, weight_decay, param_groups)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
-           "grad_clip": grad_clip, "seed": seed}
-    result = TrainResult()
-    first_step, elapsed = 0, 0.0
-    if resume:
-        first_step, elapsed = load_checkpoint(Path(checkpoint_dir), model, optimizer, run,
-                                              result)
-        for _ in range(first_step):
-            next(batches)  # the stream is deterministic: replay it up to the checkpoint
-    start = time.perf_counter() - elapsed
-    bar = tqdm(range(first_step, steps), desc=desc, disable=not progress, leave=False,
-               initial=first_step, total=steps)
-    for step in bar:
-        model.train()
-        inputs, targets = next(batches)
-        loss = model(inputs, targets).loss
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"the training loss is {loss_value} at step {step + 1}; the run is stopped "
-                f"and nothing was saved. The usual cause is a learning rate too high for "
-                f"this method (lr={lr:g}): try one 3-10x lower")
-        total = loss
-        if hasattr(model, "regularization_loss"):
-            total = total + model.regularization_loss()
-        total.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, group["base_lr"], warmup)
-        optimizer.step()
-        if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step(step, steps)
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss_value)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        is_last = step == steps - 1
-        if evaluate is not None and (is_last or (eval_every and (step + 1) % eval_every == 0)):
-            model.eval()
-            result.evals.append((step + 1, evaluate()))
-        if checkpoint_every is not None and (is_last or (step + 1) % checkpoint_every == 0):
-            save_checkpoint(Path(checkpoint_dir), model, optimizer, run, result, step + 1,
-                            time.perf_counter() - start)
-    model.eval()
-    check_finite_parameters(trainable)
-    result.seconds = time.perf_counter() - start
-    return result
+    with private_rng(seed, device):  # the caller's generators are given back untouched
+        optimizer = make_optimizer(model, lr, weight_decay, param_groups, decay_vectors)
+        trainable = [p for g in optimizer.param_groups for p in g["params"]]
+        run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
+               "grad_clip": grad_clip, "seed": seed}
+        result = TrainResult()
+        first_step, elapsed = 0, 0.0
+        if resume:
+            first_step, elapsed = load_checkpoint(Path(checkpoint_dir), model, optimizer, run,
+                                                  result)
+            for _ in range(first_step):
+                next(batches)  # the stream is deterministic: replay it up to the checkpoint
+        several = distributed.world_size() > 1
+        forward = distributed.wrap(model, device) if several else model
+        main = distributed.is_main_process()
+        start = time.perf_counter() - elapsed
+        bar = tqdm(range(first_step, steps), desc=desc, disable=not (progress and main),
+                   leave=False, initial=first_step, total=steps)
+        for step in bar:
+            forward.train()  # the model (and its DDP wrapper)
+            inputs, targets = next(batches)
+            if several:
+                inputs, targets, share = distributed_share(inputs, targets)
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast(device, precision):
+                loss = forward(inputs, targets).loss
+            if several:  # the gradient of the global mean, and the global loss for the curve
+                loss = loss * share
+                global_loss = distributed.all_reduce_sum(loss) / distributed.world_size()
+            else:
+                global_loss = loss
+            # The one host sync per step: the loss curve and the stop on a non-finite loss
+            # need the number on the CPU.
+            loss_value = global_loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss_value} at step {step + 1}; the run is stopped "
+                    f"and nothing was saved. The usual cause is a learning rate too high for "
+                    f"this method (lr={lr:g}): try one 3-10x lower")
+            total = loss
+            if hasattr(model, "regularization_loss"):
+                total = total + model.regularization_loss()
+            total.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, group["base_lr"], warmup)
+            optimizer.step()
+            if hasattr(model, "after_optimizer_step"):
+                model.after_optimizer_step(step, steps)
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(loss_value)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            is_last = step == steps - 1
+            if main and evaluate is not None and (
+                    is_last or (eval_every and (step + 1) % eval_every == 0)):
+                model.eval()
+                result.evals.append((step + 1, evaluate()))
+            if main and checkpoint_every is not None and (
+                    is_last or (step + 1) % checkpoint_every == 0):
+                save_checkpoint(Path(checkpoint_dir), model, optimizer, run, result, step + 1,
+                                time.perf_counter() - start)
+        del forward  # DDP's gradient hooks go with the wrapper
+        model.eval()
+        check_finite_parameters(trainable)
+        distributed.check_replicas_agree(trainable)
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def distributed_share(inputs: torch.Tensor, targets: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """This rank's rows of the global batch, and the factor W · n_r / N that turns the mean
+    loss over its n_r target tokens into its share of the global mean over N tokens (DDP
+    then averages over the W ranks; see minipeft.distributed). Counted before the batch
+    moves to the device, so a CPU batch costs no device sync."""
+    world = distributed.world_size()
+    my_inputs, my_targets = distributed.rows_of_this_rank((inputs, targets))
+    counts = (targets != IGNORE_INDEX).reshape(world, -1).sum(dim=1).tolist()  # per rank
+    if min(counts) == 0:
+        raise ValueError(f"a rank's share of the batch has no target tokens (tokens per rank: "
+                         f"{counts}); use a larger --batch-size or fewer processes")
+    return my_inputs, my_targets, world * counts[distributed.rank()] / sum(counts)
 
 
 def check_finite_parameters(params: list[torch.Tensor]) -> None:
@@ -305,10 +397,12 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
 # --------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------
-def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int,
+              device: torch.device | str = "cpu") -> Batch:
     """Right-pad (inputs, targets) pairs; padded targets are ignored by the loss.
 
     Right padding is safe for a causal model: a real token never attends to later pads.
+    Built on the CPU, then copied to `device` in one transfer per tensor.
     """
     width = max(len(x) for x, _ in pairs)
     inputs = torch.full((len(pairs), width), pad_id, dtype=torch.long)
@@ -316,7 +410,7 @@ def pad_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     for row, (x, y) in enumerate(pairs):
         inputs[row, : len(x)] = torch.tensor(x)
         targets[row, : len(y)] = torch.tensor(y)
-    return inputs, targets
+    return inputs.to(device), targets.to(device)
 
 
 def random_batches(pairs: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
@@ -354,6 +448,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, block_size: int,
     n = min(max_windows, (len(tokens) - 1) // block_size)
     if n == 0:
         raise ValueError(f"need more than {block_size} tokens to evaluate, got {len(tokens)}")
+    tokens = tokens.to(model_device(model))
     inputs = tokens[: n * block_size].view(n, block_size)
     targets = tokens[1: n * block_size + 1].view(n, block_size)
     losses = [model(x[None], y[None]).loss.item() for x, y in zip(inputs, targets)]
@@ -372,14 +467,16 @@ def classify(model: nn.Module, prompts: list[list[int]], label_ids: list[int],
     """
     check_positive_int(batch_size, "batch_size")
     model.eval()
-    labels = torch.tensor(label_ids)
+    device = model_device(model)
+    labels = torch.tensor(label_ids, device=device)
     predictions = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i: i + batch_size]
-        inputs, _ = pad_batch([(p, []) for p in chunk], pad_id)
+        inputs, _ = pad_batch([(p, []) for p in chunk], pad_id, device)
         logits = model(inputs).logits  # (B, T, V)
-        last = torch.tensor([len(p) - 1 for p in chunk])  # answer position of each row
-        answer_logits = logits[torch.arange(len(chunk)), last][:, labels]  # (B, n_labels)
+        last = torch.tensor([len(p) - 1 for p in chunk], device=device)  # answer positions
+        rows = torch.arange(len(chunk), device=device)
+        answer_logits = logits[rows, last][:, labels]  # (B, n_labels)
         predictions += answer_logits.argmax(dim=-1).tolist()
     return predictions
 
@@ -393,8 +490,9 @@ def generate_answers(model: nn.Module, prompts: list[list[int]], max_new_tokens:
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
     answers: list[list[int]] = [[] for _ in prompts]
+    device = model_device(model)
     for length, rows in by_length.items():
-        idx = torch.tensor([prompts[i] for i in rows])
+        idx = torch.tensor([prompts[i] for i in rows], device=device)
         out = model.generate(idx, max_new_tokens, temperature=0, eos_id=eos_id)[:, length:]
         for row, tokens in zip(rows, out.tolist()):
             answers[row] = tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
@@ -442,11 +540,12 @@ def answer_loss(model: nn.Module, task: str, split: str = "validation",
     tokenizer = tokenizer or load_tokenizer()
     pairs = [encode_example(ex, tokenizer) for ex in load_examples(task, split)[:limit]]
     model.eval()
+    device = model_device(model)
     total = count = 0.0
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i: i + batch_size]
         n_targets = sum(t != IGNORE_INDEX for _, y in chunk for t in y)  # answer tokens
-        total += model(*pad_batch(chunk, tokenizer.eos_id)).loss.item() * n_targets
+        total += model(*pad_batch(chunk, tokenizer.eos_id, device)).loss.item() * n_targets
         count += n_targets
     return total / count
 
@@ -456,12 +555,13 @@ def train(model: nn.Module, task: str, steps: int = 300, lr: float = 1e-3,
           seed: int = 0, tokenizer=None, param_groups: list[dict] | None = None,
           weight_decay: float = 0.0, progress: bool = True,
           checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
-          resume: bool = False) -> TrainResult:
+          resume: bool = False, precision: str = "fp32") -> TrainResult:
     """Fine-tune `model` (a PEFT model or a plain GPT) on a downstream task.
 
     The loss covers only the answer tokens: the prompt is context, not something to learn.
     Returns the loss curve and the validation metric (every `eval_every` steps and at the end).
-    `checkpoint_dir` / `checkpoint_every` / `resume`: see `train_loop`.
+    Runs on the model's device; `batch_size` is the global batch under torchrun.
+    `checkpoint_dir` / `checkpoint_every` / `resume` / `precision`: see `train_loop`.
     """
     from minipeft.tasks import encode_example, load_examples
     from minipeft.tokenizer import load_tokenizer
@@ -476,6 +576,7 @@ def train(model: nn.Module, task: str, steps: int = 300, lr: float = 1e-3,
         evaluate=lambda: evaluate_task(model, task, "validation", tokenizer, eval_limit),
         eval_every=eval_every, seed=seed, progress=progress, desc=f"fine-tune {task}",
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+        precision=precision,
     )
 
 

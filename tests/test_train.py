@@ -82,6 +82,50 @@ def test_hooks_are_called():
     assert model.calls == [(0, 3), (1, 3), (2, 3)]
 
 
+def test_train_loop_leaves_the_callers_random_state_alone():
+    """The loop seeds its own copy of the generators: what the caller draws next is what it
+    would have drawn without the training run in between."""
+    torch.manual_seed(123)
+    expected = torch.rand(5)  # the draw with no training in between
+
+    torch.manual_seed(123)
+    model = fresh_model(seed=7)
+    torch.manual_seed(123)
+    train_loop(model, toy_batches(), 3, lr=1e-3, seed=0, progress=False)
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_the_seed_still_fixes_what_the_loop_draws():
+    """The private generator is seeded from `seed`: a model whose forward draws random
+    numbers (dropout) trains to the same weights whatever the caller's state, and to other
+    weights with another seed."""
+    def trained(caller_seed, seed):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, d_model=16,
+                              dropout=0.3))
+        torch.manual_seed(caller_seed)
+        train_loop(model, toy_batches(), 3, lr=1e-2, seed=seed, progress=False)
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    assert torch.equal(trained(caller_seed=1, seed=5), trained(caller_seed=2, seed=5))
+    assert not torch.equal(trained(caller_seed=1, seed=5), trained(caller_seed=1, seed=6))
+
+
+def test_explicit_groups_keep_their_own_weight_decay():
+    from minipeft.train import make_optimizer
+
+    model = fresh_model()
+    vectors = [p for p in model.parameters() if p.dim() == 1]
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    optimizer = make_optimizer(model, 1e-3, 0.1, [{"params": vectors, "weight_decay": 0.5},
+                                                  {"params": matrices, "lr": 2e-3}])
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(decays[id(p)] == 0.5 for p in vectors)  # set by the caller: kept
+    assert all(decays[id(p)] == 0.1 and rates[id(p)] == 2e-3 for p in matrices)
+    assert len(decays) == len(vectors) + len(matrices)  # every parameter exactly once
+
+
 def test_evaluation_runs_every_n_steps_and_at_the_end():
     result = train_loop(fresh_model(), toy_batches(), 7, evaluate=lambda: 0.5, eval_every=3,
                         progress=False)
@@ -130,43 +174,51 @@ def clip_by_global_norm(grads: list[torch.Tensor], max_norm: float) -> tuple[lis
 
 
 def adamw_step(params, grads, state, t: int, lr: float, weight_decay: float,
-               betas=(0.9, 0.999), eps=1e-8) -> None:
+               betas=(0.9, 0.999), eps=1e-8, decay_vectors: bool = False) -> None:
     """One AdamW update (Loshchilov & Hutter, 2019, "Decoupled Weight Decay
     Regularization", Algorithm 2), at step t = 1, 2, ...:
         θ ← θ − lr·λ·θ;   m ← β₁m + (1−β₁)g;   v ← β₂v + (1−β₂)g²
-        θ ← θ − lr · (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)"""
+        θ ← θ − lr · (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
+    with λ = 0 for 1-D tensors (biases, LayerNorm gains) unless decay_vectors, as nanoGPT's
+    configure_optimizers groups them."""
     beta1, beta2 = betas
     for p, g in zip(params, grads):
+        decay = weight_decay if (p.dim() >= 2 or decay_vectors) else 0.0
         m, v = state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
         state[id(p)] = (m, v)
         m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
-        p.mul_(1 - lr * weight_decay)
+        p.mul_(1 - lr * decay)
         p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
 
 
-def test_train_loop_matches_a_hand_written_adamw_clipping_and_schedule_loop():
+@pytest.mark.parametrize("decay_vectors", [False, True],
+                         ids=["fine-tuning: matrices decay", "pretraining: every tensor decays"])
+def test_train_loop_matches_a_hand_written_adamw_clipping_and_schedule_loop(decay_vectors):
     """Every parameter after a few steps of train_loop equals a loop written from the
-    papers' equations. Weight decay, clipping (it triggers at every step here) and the
-    warm-up/cosine rate each change the result at this tolerance, so dropping one, or
-    shifting the schedule by a step, fails this test."""
+    papers' equations. Weight decay (of matrices, and of vectors only with decay_vectors),
+    clipping (it triggers at every step here) and the warm-up/cosine rate each change the
+    result at this tolerance, so dropping one, decaying a LayerNorm gain or bias in
+    fine-tuning, or shifting the schedule by a step, fails this test."""
     steps, warmup, peak, decay, clip = 6, 2, 1e-2, 0.1, 0.05
     stream = toy_batches()
     batches = [next(stream) for _ in range(steps)]
 
-    def with_trainable_matrices(model):
-        # Matrices only: whether 1-D tensors (biases, LayerNorm) are decayed is a separate
-        # choice of make_optimizer, not what this test checks.
-        for p in model.parameters():
-            p.requires_grad_(p.dim() >= 2)
+    def trainable_but_key_bias(model):
+        # Matrices, biases and LayerNorm gains train. Not the key bias: softmax is blind to
+        # it (q·(k + b) shifts every score of a query by the same q·b), so its gradient is
+        # 0 up to rounding and Adam's g/√v turns that rounding into full-size steps.
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.endswith("attn.k.bias"))
         return model
 
-    model = with_trainable_matrices(fresh_model())
+    model = trainable_but_key_bias(fresh_model())
     train_loop(model, iter(batches), steps, lr=peak, warmup=warmup, weight_decay=decay,
-               grad_clip=clip, progress=False)
+               grad_clip=clip, progress=False, decay_vectors=decay_vectors)
 
-    reference = with_trainable_matrices(fresh_model())
+    reference = trainable_but_key_bias(fresh_model())
+    assert any(p.dim() == 1 and p.requires_grad for p in reference.parameters())
     params = [p for p in reference.parameters() if p.requires_grad]
     state, norms = {}, []
     for s, (inputs, targets) in enumerate(batches, start=1):
@@ -174,7 +226,8 @@ def test_train_loop_matches_a_hand_written_adamw_clipping_and_schedule_loop():
         grads, norm = clip_by_global_norm(grads, clip)
         norms.append(norm)
         with torch.no_grad():
-            adamw_step(params, grads, state, s, scheduled_lr(s, steps, peak, warmup), decay)
+            adamw_step(params, grads, state, s, scheduled_lr(s, steps, peak, warmup), decay,
+                       decay_vectors=decay_vectors)
     assert min(norms) > clip  # clipping acted at every step
 
     # Relative to each tensor's norm: the two loops round differently in float32, and Adam's

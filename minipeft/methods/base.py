@@ -352,7 +352,8 @@ def get_peft_model(model: GPT, config: PeftConfig, adapter_name: str = "default"
     check_field_types(type(config), asdict(config))
     check_plain_base(model)
     model_cls = METHODS[type(config).peft_type][1]
-    return model_cls(model, config, adapter_name)
+    # φ is initialised on the CPU (the same numbers on every device), then joins the base.
+    return model_cls(model, config, adapter_name).to(model.device)
 
 
 def check_plain_base(model: nn.Module) -> None:

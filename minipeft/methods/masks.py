@@ -80,10 +80,11 @@ def sample_answer(model: nn.Module, prompt_ids: list[int], length: int,
                   generator: torch.Generator) -> list[int]:
     """`length` tokens sampled from the model after the prompt: y ~ p_θ(· | x)."""
     ids = list(prompt_ids)
+    device = next(model.parameters()).device
     for _ in range(length):
-        logits = model(torch.tensor([ids])).logits[0, -1]  # (V,)
-        ids.append(int(torch.multinomial(F.softmax(logits.float(), dim=-1), 1,
-                                         generator=generator)))
+        logits = model(torch.tensor([ids], device=device)).logits[0, -1]  # (V,)
+        probabilities = F.softmax(logits.float(), dim=-1).cpu()  # the generator is a CPU one
+        ids.append(int(torch.multinomial(probabilities, 1, generator=generator)))
     return ids[len(prompt_ids):]
 
 
@@ -117,6 +118,7 @@ def compute_fisher(model: nn.Module, examples: list, tokenizer, n_samples: int =
     params = {n: owned[n].detach().requires_grad_() for n in names}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     for i in range(n_samples):
@@ -124,9 +126,10 @@ def compute_fisher(model: nn.Module, examples: list, tokenizer, n_samples: int =
         prompt = tokenizer.encode(example.prompt)
         answer = tokenizer.encode(example.answer)
         y = sample_answer(model, prompt, len(answer), generator) if labels == "model" else answer
-        idx = torch.tensor([prompt + y[:-1]])  # position P-1+t predicts y_t
+        idx = torch.tensor([prompt + y[:-1]], device=device)  # P-1+t predicts y_t
         logits = functional_call(model, params, (idx,)).logits[0, len(prompt) - 1:]  # (|y|, V)
-        log_p = F.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(y)[:, None]).sum()
+        answer = torch.tensor(y, device=device)[:, None]
+        log_p = F.log_softmax(logits.float(), dim=-1).gather(1, answer).sum()
         grads = torch.autograd.grad(log_p, list(params.values()), allow_unused=True)
         for name, g in zip(params, grads):
             if g is not None:

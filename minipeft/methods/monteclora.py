@@ -117,7 +117,7 @@ def expected_gaussian_kl(lam: torch.Tensor, df: int) -> torch.Tensor:
     E tr Σ = Σ λ;  E log det Σ = Σ log λ − p log(df/2) + Σ_{i<p} ψ((df − i)/2).
     """
     p = lam.numel()
-    digammas = torch.digamma((df - torch.arange(p, dtype=lam.dtype)) / 2).sum()
+    digammas = torch.digamma((df - torch.arange(p, dtype=lam.dtype, device=lam.device)) / 2).sum()
     expected_log_det = lam.log().sum() - p * math.log(df / 2) + digammas
     return 0.5 * (lam.sum() - p - expected_log_det)
 

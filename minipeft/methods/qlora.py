@@ -172,6 +172,7 @@ def absmax_quantize(blocks: torch.Tensor, levels: torch.Tensor):
     """
     absmax = blocks.abs().amax(dim=1)  # c_b = max |w| in block b: (n_blocks,)
     normalised = blocks * (1.0 / absmax.clamp(min=SMALLEST_ABSMAX))[:, None]  # ∈ [−1, 1]
+    levels = levels.to(blocks.device)  # the code books are built on the CPU
     thresholds = (levels[1:] + levels[:-1]) / 2  # midpoints between neighbouring levels
     return torch.bucketize(normalised, thresholds), absmax  # lower level on a tie
 
@@ -193,7 +194,7 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, levels: torch.Te
                     shape: tuple[int, ...], block_size: int = 64) -> torch.Tensor:
     """ŵ = levels[code] · c_b, back to `shape` in fp32."""
     codes = unpack_4bit(packed).view(-1, block_size)  # (n_blocks, block_size)
-    return (levels[codes] * absmax[:, None]).reshape(shape)
+    return (levels.to(codes.device)[codes] * absmax[:, None]).reshape(shape)
 
 
 def quantize_nf4(weight: torch.Tensor, block_size: int = 64):
@@ -242,7 +243,8 @@ def double_dequantize(codes: torch.Tensor, scales: torch.Tensor, mean: torch.Ten
                       block_size: int = 256, code: str = "dynamic") -> torch.Tensor:
     """ĉ = levels[code] · s_g + mean, (n,) fp32."""
     check_double_quant_code(code)
-    levels = SECOND_LEVEL_CODES[code][padded_groups(codes.long(), block_size)]  # (n_groups, 256)
+    book = SECOND_LEVEL_CODES[code].to(codes.device)
+    levels = book[padded_groups(codes.long(), block_size)]  # (n_groups, 256)
     return (levels * scales[:, None]).flatten()[: codes.numel()] + mean
 
 
