@@ -488,7 +488,8 @@ def loraplus_param_groups(model: PeftModel, lr: float, ratio: float = 16.0) -> l
     optimizer_cls, lr=lr, loraplus_lr_ratio=ratio)` groups them: lora_B and the 1-D tensors
     at ratio · lr, the rest at lr (see LORAPLUS_B_SIDE / LORAPLUS_A_SIDE). peft also sets
     each group's weight decay (loraplus_weight_decay, default 0); here the optimizer's own
-    weight_decay applies.
+    weight_decay applies to the matrices, and `make_optimizer` keeps the 1-D tensors (DoRA's
+    magnitude m) out of it.
     """
     if ratio <= 0 or lr <= 0:
         raise ValueError(f"lr and ratio must be positive, got lr={lr}, ratio={ratio}")
