@@ -1,0 +1,237 @@
+"""The studies: each checks one of the lectures' claims on the miniature, over several seeds.
+
+Every cell fine-tunes the pretrained `small` checkpoint with the library's own `train` and
+reports the task metric on the validation split, the answer loss there (still informative
+when the metric saturates), the trainable count and share, and the training seconds per
+step (the end-of-run evaluation included; never compared, it depends on the machine).
+
+    study             task        steps  cells  seeds  what varies
+    rank_weight_type  unscramble   150     27     3    LoRA rank r × which attention matrices
+    attention_vs_mlp  unscramble   150      6     5    attention / MLP / all at equal budget
+    bitfit_biases     sentiment    150      4     5    which biases train (and full FT)
+    mask_budgets      sentiment    100     18     3    mask selector × budget; Fisher samples
+
+Unscramble rather than sentiment for the LoRA studies: on `small`, sentiment ends either
+near 1.0 or at chance after a short run whatever the rank, while unscramble's exact match and
+answer loss move steadily with the adapter's capacity.
+"""
+from __future__ import annotations
+
+import torch
+
+from minipeft.course.studies.runner import Study
+from minipeft.methods import (BitFitConfig, FullFinetuneConfig, LoraConfig, MaskConfig,
+                              get_peft_model, learning_rate)
+from minipeft.methods.selective import BIAS_MODULES
+from minipeft.pretrained import load_pretrained
+from minipeft.tasks import get_task
+from minipeft.train import answer_loss, train
+
+
+def fine_tune(setup: dict, seed: int, config, lr: float):
+    """Train `config` on setup's task from the pretrained checkpoint; (model, metrics)."""
+    torch.manual_seed(seed)  # the seed also fixes φ's random initialisation
+    model = get_peft_model(load_pretrained(setup["size"]), config)
+    task, steps = setup["task"], setup["steps"]
+    result = train(model, task, steps=steps, lr=lr, batch_size=setup["batch_size"],
+                   eval_limit=setup["eval_limit"], seed=seed, progress=False)
+    trainable, total = model.count_parameters()
+    return model, {
+        get_task(task).metric: result.final_metric,
+        "answer_loss": answer_loss(model, task, "validation", limit=setup["eval_limit"]),
+        "trainable": trainable,
+        "trainable_percent": 100 * trainable / total,
+        "step_seconds": result.seconds / steps,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# LoRA: rank × weight type (Hu et al., 2021, Tables 5 and 6), attention vs MLP
+# --------------------------------------------------------------------------------------
+LORA_SETTINGS = {"size": "small", "task": "unscramble", "steps": 150, "batch_size": 16,
+                 "eval_limit": 200, "lr": learning_rate("lora"), "alpha_over_r": 2}
+
+
+def run_lora_cell(setup: dict, seed: int) -> dict[str, float]:
+    """LoRA with rank r on the named matrices; α = 2r keeps the preset's α/r = 2 at every
+    rank, so only the rank's capacity changes, not the update's scale."""
+    config = LoraConfig(r=setup["r"], alpha=setup["alpha_over_r"] * setup["r"],
+                        target_modules=setup["targets"])
+    return fine_tune(setup, seed, config, setup["lr"])[1]
+
+
+RANKS = (1, 2, 4, 8, 64)
+WEIGHT_TYPES = (["q"], ["v"], ["q", "k"], ["q", "v"], ["q", "k", "v", "o"])
+# Hu et al.'s Table 5 holds the budget fixed: r = 8 on one matrix, 4 on two, 2 on four. Our
+# grid already has those cells for q, v, (q, k), (q, v) and all four; k and o alone are added.
+EQUAL_BUDGET_EXTRA = ({"r": 8, "targets": ["k"]}, {"r": 8, "targets": ["o"]})
+# GPT-3 175B on WikiSQL, validation accuracy % (Hu et al., 2021, Table 6: rank; Table 5:
+# weight type at 18M trainable parameters), as the lecture "Parameter-efficient fine-tuning
+# (PEFT)" (CS 4804) shows them.
+WIKISQL_BY_RANK = {"q": (68.8, 69.6, 70.5, 70.4, 70.0), "q,v": (73.4, 73.3, 73.7, 73.8, 73.5),
+                   "q,k,v,o": (74.1, 73.7, 74.0, 74.0, 73.9)}
+WIKISQL_EQUAL_BUDGET = {"r=8 targets=q": "70.4", "r=8 targets=k": "70.0",
+                        "r=8 targets=v": "73.0", "r=8 targets=o": "73.2",
+                        "r=4 targets=q,k": "71.4", "r=4 targets=q,v": "73.7",
+                        "r=2 targets=q,k,v,o": "73.7"}
+
+
+def rank_lecture_numbers() -> dict[str, str]:
+    numbers = {}
+    for targets, accuracies in WIKISQL_BY_RANK.items():
+        for r, accuracy in zip(RANKS, accuracies):
+            numbers[f"r={r} targets={targets}"] = f"WikiSQL {accuracy}"
+    for label, accuracy in WIKISQL_EQUAL_BUDGET.items():
+        numbers[label] = (numbers.get(label, "") + f" | equal budget {accuracy}").lstrip(" |")
+    return numbers
+
+
+RANK_WEIGHT_TYPE = Study(
+    name="rank_weight_type",
+    claim="A small rank suffices and spreading it over several matrices beats a larger rank "
+          "on one (Hu et al., 2021, Tables 5-6; lecture 'Parameter-efficient fine-tuning "
+          "(PEFT)', CS 4804: WikiSQL 70.4 for W_q at r=8 vs 73.7 for W_q,W_v at r=4).",
+    settings=LORA_SETTINGS,
+    cells=tuple({"r": r, "targets": targets} for targets in WEIGHT_TYPES for r in RANKS)
+    + EQUAL_BUDGET_EXTRA,
+    run_cell=run_lora_cell,
+    check_cell={"r": 1, "targets": ["q"]},
+    metric="exact_match",
+    seeds=3,
+    lecture_numbers=rank_lecture_numbers(),
+)
+
+# Equal trainable budgets on `small` (d = 128, d_ff = 512, 4 blocks): LoRA on a d_in × d_out
+# matrix costs r (d_in + d_out) per block, so the four attention matrices cost 1024 r, the
+# two MLP matrices 1280 r, all six 2304 r. 46,080 = 1024·45 = 1280·36 = 2304·20 per block
+# is the smallest budget all three reach exactly; the small budget (attention r=5, MLP r=4:
+# 5,120; all six r=2: 4,608) is equal within 10%.
+ATTENTION, MLP, ALL = ["q", "k", "v", "o"], ["fc", "proj"], ["q", "k", "v", "o", "fc", "proj"]
+ATTENTION_VS_MLP = Study(
+    name="attention_vs_mlp",
+    claim="At an equal parameter budget, LoRA on the MLP beats LoRA on attention alone "
+          "(Schulman et al., 2025, 'LoRA Without Regret', in the lecture 'Parameter-efficient "
+          "fine-tuning (PEFT)', CS 4804).",
+    settings=LORA_SETTINGS,
+    cells=({"r": 5, "targets": ATTENTION}, {"r": 4, "targets": MLP}, {"r": 2, "targets": ALL},
+           {"r": 45, "targets": ATTENTION}, {"r": 36, "targets": MLP},
+           {"r": 20, "targets": ALL}),
+    run_cell=run_lora_cell,
+    check_cell={"r": 5, "targets": ATTENTION},
+    metric="exact_match",
+    seeds=5,
+    lecture_numbers={"r=4 targets=fc,proj": "MLP-only > attention-only",
+                     "r=36 targets=fc,proj": "MLP-only > attention-only"},
+)
+
+
+# --------------------------------------------------------------------------------------
+# BitFit: which biases matter (Ben Zaken et al., 2022)
+# --------------------------------------------------------------------------------------
+# b_m2 is the first MLP layer's bias, the one before GELU: `fc` (BitFit paper §2).
+BITFIT_SUBSETS = {"all_biases": None, "b_q+b_m2": ["q", "fc"], "b_q": ["q"]}
+
+
+def run_bitfit_cell(setup: dict, seed: int) -> dict[str, float]:
+    """BitFit on a subset of biases, or full fine-tuning; plus, per bias type, the mean
+    |Δb| over its entries and blocks after training (the BitFit paper's Figure 1)."""
+    if setup["trains"] == "full":
+        config, lr = FullFinetuneConfig(), learning_rate("full")
+    else:
+        config, lr = BitFitConfig(bias_names=BITFIT_SUBSETS[setup["trains"]]), \
+            learning_rate("bitfit")
+    model, metrics = fine_tune(setup, seed, config, lr)
+    return {**metrics, **bias_changes(model.deltas())}
+
+
+def bias_changes(deltas: dict[str, torch.Tensor]) -> dict[str, float]:
+    """{"delta_b_<type>": mean |Δb|} for each block bias type that trained."""
+    by_type: dict[str, list[torch.Tensor]] = {}
+    for bias_type, module in BIAS_MODULES.items():
+        for name, delta in deltas.items():
+            if name.startswith("blocks.") and name.endswith(f".{module}.bias"):
+                by_type.setdefault(bias_type, []).append(delta.detach().abs().reshape(-1))
+    return {f"delta_b_{bias_type}": float(torch.cat(parts).mean())
+            for bias_type, parts in by_type.items()}
+
+
+BITFIT_BIASES = Study(
+    name="bitfit_biases",
+    claim="Training only the biases comes close to full fine-tuning, and b_q with b_m2 alone "
+          "rivals it (Ben Zaken et al., 2022; lecture 'Parameter-Efficient Fine-Tuning "
+          "(PEFT)', T. Chakraborty; RoBERTa-base GLUE: full FT 86.4, BitFit 85.2 in the "
+          "lecture 'Parameter-efficient fine-tuning (PEFT)', CS 4804).",
+    settings={"size": "small", "task": "sentiment", "steps": 150, "batch_size": 16,
+              "eval_limit": 200},
+    cells=tuple({"trains": name} for name in (*BITFIT_SUBSETS, "full")),
+    run_cell=run_bitfit_cell,
+    check_cell={"trains": "b_q+b_m2"},
+    metric="accuracy",
+    seeds=5,
+    lecture_numbers={"trains=all_biases": "GLUE 85.2 (RoBERTa-base)",
+                     "trains=b_q+b_m2": "rivals full FT (BERT)",
+                     "trains=full": "GLUE 86.4 (RoBERTa-base)"},
+)
+
+
+# --------------------------------------------------------------------------------------
+# Sparse masks at equal budgets; FISH's Fisher-sample count
+# --------------------------------------------------------------------------------------
+MASK_SELECTORS = ("fisher", "pafi", "random", "magnitude", "id3")
+BUDGETS = (0.001, 0.005, 0.02)
+# Each selector fine-tunes at its preset's rate; magnitude pruning, like PaFi and random,
+# at 1e-2 (a few entries each carry much of the update).
+MASK_RATES = {"fisher": learning_rate("fish"), "pafi": learning_rate("pafi"),
+              "random": learning_rate("random_mask"), "id3": learning_rate("id3"),
+              "magnitude": 1e-2, "bitfit": learning_rate("bitfit")}
+
+
+def run_mask_cell(setup: dict, seed: int) -> dict[str, float]:
+    """A sparse mask at a budget (its own randomness seeded by the run's seed), or BitFit,
+    whose budget is fixed by the architecture (5,760 biases: 0.54% of `small`)."""
+    selector = setup["selector"]
+    if selector == "bitfit":
+        config = BitFitConfig()
+    else:
+        config = MaskConfig(selector=selector, budget=setup["budget"], seed=seed,
+                            task=setup["task"], n_samples=setup["n_samples"])
+    return fine_tune(setup, seed, config, MASK_RATES[selector])[1]
+
+
+MASK_BUDGETS = Study(
+    name="mask_budgets",
+    claim="Chosen sparse masks (FISH, PaFi, ID3) beat a random one and BitFit at the same "
+          "budget, and match full fine-tuning near 0.15% (lecture 'Parameter-Efficient "
+          "Fine-Tuning (PEFT)', T. Chakraborty; Sung et al., 2021; Liao et al., 2023; "
+          "Agarwal et al., 2025; magnitude pruning after Han et al., 2015).",
+    settings={"size": "small", "task": "sentiment", "steps": 100, "batch_size": 16,
+              "eval_limit": 200, "n_samples": 64},
+    cells=tuple({"selector": s, "budget": b} for s in MASK_SELECTORS for b in BUDGETS)
+    + ({"selector": "bitfit"},
+       {"selector": "fisher", "budget": 0.005, "n_samples": 32},
+       {"selector": "fisher", "budget": 0.005, "n_samples": 128}),
+    run_cell=run_mask_cell,
+    check_cell={"selector": "random", "budget": 0.001},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={"selector=fisher budget=0.001": "≈ full FT at 0.15%",
+                     "selector=pafi budget=0.001": "≈ full FT at 0.15%",
+                     "selector=bitfit": "below PaFi / FISH"},
+)
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (RANK_WEIGHT_TYPE, ATTENTION_VS_MLP,
+                                                 BITFIT_BIASES, MASK_BUDGETS)}
+# Issue-named studies not defined yet; `reproduce --list` shows them as such.
+PLANNED = ("forgetting", "method_table", "monteclora_lr", "adalora_dora", "adapters",
+           "lorahub", "icl_order")
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        planned = f" ({name!r} is planned but not defined yet)" if name in PLANNED else ""
+        raise ValueError(f"unknown study {name!r}{planned}; choose from {list(STUDIES)}")
+    return STUDIES[name]
+
+
+__all__ = ["STUDIES", "PLANNED", "get_study", "fine_tune", "bias_changes"]
