@@ -55,7 +55,8 @@ def test_differs_only_when_the_seed_ranges_do_not_overlap():
                      (C, [0.25, 0.40, 0.45])])
     apart = differs(rows, A, B, "accuracy")
     assert apart.beyond_noise and apart.higher == "r=8 targets=q,v"
-    assert "beyond the seed spread" in apart.text
+    assert apart.text == ("accuracy: r=8 targets=q,v > r=1 targets=q beyond the seed spread "
+                          "(0.35–0.5 vs 0.1–0.3 over 3 and 3 seeds)")
     assert differs(rows, B, A, "accuracy").higher == "r=8 targets=q,v"  # order-free
     overlapping = differs(rows, A, C, "accuracy")  # 0.25 lies inside A's 0.10–0.30
     assert not overlapping.beyond_noise and overlapping.higher is None

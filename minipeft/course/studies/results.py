@@ -155,13 +155,14 @@ def differs(rows: list[dict], cell_a: dict, cell_b: dict, metric: str) -> Compar
     if min(a.n, b.n) < 2:
         raise ValueError(f"comparing {metric} needs at least 2 seeds per cell, got {a.n} and "
                          f"{b.n}; run the study with --seeds 3 or more")
+    if b.min > a.max:  # name the higher cell first
+        (cell_a, a), (cell_b, b) = (cell_b, b), (cell_a, a)
     label_a, label_b = cell_label(cell_a), cell_label(cell_b)
     spread = (f"{a.min:.4g}–{a.max:.4g} vs {b.min:.4g}–{b.max:.4g} over {a.n} and {b.n} "
               "seeds")
-    if a.min > b.max or b.min > a.max:
-        higher, lower = (label_a, label_b) if a.min > b.max else (label_b, label_a)
-        return Comparison(True, higher, f"{metric}: {higher} > {lower} beyond the seed "
-                                        f"spread ({spread})")
+    if a.min > b.max:
+        return Comparison(True, label_a, f"{metric}: {label_a} > {label_b} beyond the seed "
+                                         f"spread ({spread})")
     return Comparison(False, None, f"{metric}: {label_a} vs {label_b} within noise ({spread})")
 
 
