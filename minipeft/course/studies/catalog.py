@@ -8,8 +8,8 @@ step (the end-of-run evaluation included; never compared, it depends on the mach
     study             task        steps  cells  seeds  what varies
     rank_weight_type  unscramble   150     27     3    LoRA rank r × which attention matrices
     attention_vs_mlp  unscramble   150      6     5    attention / MLP / all at equal budget
-    bitfit_biases     sentiment    150      4     5    which biases train (and full FT)
-    mask_budgets      sentiment    100     18     3    mask selector × budget; Fisher samples
+    bitfit_biases     sentiment    100      4     5    which biases train (and full FT)
+    mask_budgets      sentiment     80     18     3    mask selector × budget; Fisher samples
 
 Unscramble rather than sentiment for the LoRA studies: on `small`, sentiment ends either
 near 1.0 or at chance after a short run whatever the rank, while unscramble's exact match and
@@ -161,7 +161,7 @@ BITFIT_BIASES = Study(
           "rivals it (Ben Zaken et al., 2022; lecture 'Parameter-Efficient Fine-Tuning "
           "(PEFT)', T. Chakraborty; RoBERTa-base GLUE: full FT 86.4, BitFit 85.2 in the "
           "lecture 'Parameter-efficient fine-tuning (PEFT)', CS 4804).",
-    settings={"size": "small", "task": "sentiment", "steps": 150, "batch_size": 16,
+    settings={"size": "small", "task": "sentiment", "steps": 100, "batch_size": 16,
               "eval_limit": 200},
     cells=tuple({"trains": name} for name in (*BITFIT_SUBSETS, "full")),
     run_cell=run_bitfit_cell,
@@ -204,7 +204,7 @@ MASK_BUDGETS = Study(
           "budget, and match full fine-tuning near 0.15% (lecture 'Parameter-Efficient "
           "Fine-Tuning (PEFT)', T. Chakraborty; Sung et al., 2021; Liao et al., 2023; "
           "Agarwal et al., 2025; magnitude pruning after Han et al., 2015).",
-    settings={"size": "small", "task": "sentiment", "steps": 100, "batch_size": 16,
+    settings={"size": "small", "task": "sentiment", "steps": 80, "batch_size": 16,
               "eval_limit": 200, "n_samples": 64},
     cells=tuple({"selector": s, "budget": b} for s in MASK_SELECTORS for b in BUDGETS)
     + ({"selector": "bitfit"},

@@ -50,8 +50,18 @@ def sorted_rows(document: dict) -> list[dict]:
 def write_results(path: str | Path, document: dict) -> Path:
     """Check the document, then write it atomically (a kill leaves the old file whole)."""
     check_document(document, Path(path))
-    document = {**document, "rows": sorted_rows(document)}
-    return atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+    return atomic_write_text(path, to_json(document))
+
+
+def to_json(document: dict) -> str:
+    """The document as JSON with one cell and one row per line, so a re-run's diff shows
+    exactly what moved."""
+    head = json.dumps({k: v for k, v in document.items() if k not in ("grid", "rows")},
+                      indent=1)
+    grid = ",\n  ".join(json.dumps(cell) for cell in document["grid"])
+    rows = ",\n  ".join(json.dumps(row) for row in sorted_rows(document))
+    return (head[:-len("\n}")] + ',\n "grid": [\n  ' + grid + '\n ],\n "rows": [\n  '
+            + rows + "\n ]\n}\n")
 
 
 def read_results(path: str | Path) -> dict:
