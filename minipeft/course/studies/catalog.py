@@ -10,6 +10,8 @@ step (the end-of-run evaluation included; never compared, it depends on the mach
     attention_vs_mlp  unscramble   150      6     5    attention / MLP / all at equal budget
     bitfit_biases     sentiment    100      4     5    which biases train (and full FT)
     mask_budgets      sentiment     80     18     3    mask selector × budget; Fisher samples
+    method_table      sentiment,   100     46     3    every method preset
+                      unscramble
 
 Unscramble rather than sentiment for the LoRA studies: on `small`, sentiment ends either
 near 1.0 or at chance after a short run whatever the rank, while unscramble's exact match and
@@ -17,11 +19,13 @@ answer loss move steadily with the adapter's capacity.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from minipeft.course.studies.runner import Study
-from minipeft.methods import (BitFitConfig, FullFinetuneConfig, LoraConfig, MaskConfig,
-                              get_peft_model, learning_rate)
+from minipeft.methods import (PRESETS, BitFitConfig, FullFinetuneConfig, LoraConfig,
+                              MaskConfig, get_peft_model, learning_rate)
 from minipeft.methods.selective import BIAS_MODULES
 from minipeft.pretrained import load_pretrained
 from minipeft.tasks import get_task
@@ -220,11 +224,51 @@ MASK_BUDGETS = Study(
 )
 
 
+# --------------------------------------------------------------------------------------
+# Every preset on a classification and a generation task
+# --------------------------------------------------------------------------------------
+def run_preset_cell(setup: dict, seed: int) -> dict[str, float]:
+    """A method preset at its own learning rate (`learning_rate`); a preset that estimates
+    its mask from training data (FISH) does so on the cell's task."""
+    config = PRESETS[setup["method"]]()
+    if getattr(config, "task", None) is not None:
+        config = dataclasses.replace(config, task=setup["task"])
+    return fine_tune(setup, seed, config, learning_rate(setup["method"]))[1]
+
+
+# The lecture's method table (Hu et al., 2021, Tables 2 and 4, in the lecture
+# "Parameter-efficient fine-tuning (PEFT)", CS 4804): RoBERTa-base GLUE average and GPT-3
+# 175B WikiSQL accuracy, with each method's trainable count.
+METHOD_TABLE_LECTURE = {
+    "full": "RoBERTa-base 125M 86.4 | GPT-3 175,255.8M 73.8",
+    "bitfit": "RoBERTa-base 0.1M 85.2 | GPT-3 14.2M 71.3",
+    "lora": "RoBERTa-base 0.3M 87.2 | GPT-3 4.7M 73.4",
+    "prompt": "GPT-3 PreEmbed 3.2M 63.1",
+    "deep_prompt": "GPT-3 PreLayer 20.2M 70.1",
+    "houlsby": "GPT-3 Adapter^H 7.1M 71.9",
+}
+METHOD_TABLE = Study(
+    name="method_table",
+    claim="LoRA matches or beats full fine-tuning, adapters, BitFit and prompt tuning with a "
+          "fraction of the trainable parameters (Hu et al., 2021, Tables 2 and 4, in the "
+          "lecture 'Parameter-efficient fine-tuning (PEFT)', CS 4804).",
+    settings={"size": "small", "steps": 100, "batch_size": 16, "eval_limit": 200},
+    cells=tuple({"task": task, "method": method} for task in ("sentiment", "unscramble")
+                for method in PRESETS),
+    run_cell=run_preset_cell,
+    check_cell={"task": "unscramble", "method": "lora"},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={f"task=sentiment method={method}": number
+                     for method, number in METHOD_TABLE_LECTURE.items()},
+)
+
+
 STUDIES: dict[str, Study] = {s.name: s for s in (RANK_WEIGHT_TYPE, ATTENTION_VS_MLP,
-                                                 BITFIT_BIASES, MASK_BUDGETS)}
+                                                 BITFIT_BIASES, MASK_BUDGETS, METHOD_TABLE)}
 # Issue-named studies not defined yet; `reproduce --list` shows them as such.
-PLANNED = ("forgetting", "method_table", "monteclora_lr", "adalora_dora", "adapters",
-           "lorahub", "icl_order")
+PLANNED = ("forgetting", "monteclora_lr", "adalora_dora", "adapters", "lorahub",
+           "icl_order")
 
 
 def get_study(name: str) -> Study:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from minipeft.course.studies.catalog import PLANNED, STUDIES, get_study
-from minipeft.course.studies.results import format_table, ranking, read_results
+from minipeft.course.studies.results import (TIMING_METRICS, format_table, ranking,
+                                             read_results)
 from minipeft.course.studies.runner import (Study, check_reproduces, estimated_minutes,
                                             results_path, run_study)
 
@@ -33,9 +34,18 @@ def print_list() -> None:
     for study in STUDIES.values():
         minutes = estimated_minutes(study)
         stored = "not run yet" if minutes is None else (
-            f"{minutes:.1f} with --jobs 1, ≈{minutes / 2:.1f} with --jobs 2 on 2 cores")
+            f"{minutes:.1f} with --jobs 1, ≈{minutes / 2:.1f} with --jobs 2 on 2 cores"
+            + partial_note(study))
         print(f"{study.name:18s} {len(study.cells):5d} {study.seeds:5d}  {stored}")
     print("planned, not defined yet:", ", ".join(PLANNED))
+
+
+def partial_note(study: Study) -> str:
+    """' (so far: 12 of 81 cell runs)' for a stored table that is not complete."""
+    done = {(str(row["cell"]), row["seed"]) for row in
+            read_results(results_path(study.name))["rows"]}
+    wanted = len(study.cells) * study.seeds
+    return "" if len(done) >= wanted else f" (so far: {len(done)} of {wanted} cell runs)"
 
 
 def print_check(study: Study) -> None:
@@ -49,14 +59,14 @@ def print_check(study: Study) -> None:
 
 def print_tables(study: Study, document: dict | None = None) -> None:
     document = document or read_results(results_path(study.name))
-    cells, rows = list(study.cells), document["rows"]
+    rows = document["rows"]
     print(study.claim)
-    for metric in (study.metric, "answer_loss"):
+    metrics = sorted({row["metric"] for row in rows} - {"answer_loss", *TIMING_METRICS})
+    for metric in (*metrics, "answer_loss"):  # the task metrics (a study may have several)
+        cells = [cell for cell in study.cells if any(
+            row["metric"] == metric and row["cell"] == cell for row in rows)]
         print()
         print(format_table(rows, cells, metric, study.lecture_numbers))
-    if len(document["seeds"]) < 2:
-        return  # one seed has no spread to compare against
-    print()
-    print(f"ranking by {study.metric}, neighbours compared:")
-    for line in ranking(rows, cells, study.metric):
-        print("  " + line)
+        if len(document["seeds"]) > 1 and metric == study.metric:
+            print(f"\nranking by {metric}, neighbours compared:")
+            print("\n".join("  " + line for line in ranking(rows, cells, metric)))
