@@ -66,7 +66,8 @@ def print_tables(study: Study, document: dict | None = None) -> None:
         cells = [cell for cell in study.cells if any(
             row["metric"] == metric and row["cell"] == cell for row in rows)]
         print()
-        print(format_table(rows, cells, metric, study.lecture_numbers))
+        lecture = study.lecture_numbers if metric == study.metric else None
+        print(format_table(rows, cells, metric, lecture))
         if len(document["seeds"]) > 1 and metric == study.metric:
             print(f"\nranking by {metric}, neighbours compared:")
             print("\n".join("  " + line for line in ranking(rows, cells, metric)))
