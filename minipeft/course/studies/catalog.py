@@ -13,9 +13,9 @@ step (the end-of-run evaluation included; never compared, it depends on the mach
     method_table      sentiment,   100     46     3    every method preset
                       unscramble
 
-Unscramble rather than sentiment for the LoRA studies: on `small`, sentiment ends either
-near 1.0 or at chance after a short run whatever the rank, while unscramble's exact match and
-answer loss move steadily with the adapter's capacity.
+Unscramble rather than sentiment for the LoRA studies: on `small`, a short sentiment run ends
+either near 1.0 or at chance (60 steps: 0.51, 0.97, 0.49 for r = 1, 8, 64), which hides any
+effect of the rank, while unscramble's answer loss falls steadily with the adapter's capacity.
 """
 from __future__ import annotations
 
