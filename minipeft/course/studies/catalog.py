@@ -14,6 +14,7 @@ step (the end-of-run evaluation included; never compared, it depends on the mach
                       unscramble
     forgetting        unscramble  40, 160   8     3    full FT vs LoRA r: task vs pretraining loss
     monteclora_lr     sentiment    100     12     3    LoRA vs MonteCLoRA, lr 1e-4 … 3e-2
+    icl_order         unscramble     —      6     5    orders of the same k shots (no training)
 
 Unscramble rather than sentiment for the LoRA studies: on `small`, a short sentiment run ends
 either near 1.0 or at chance (60 steps: 0.51, 0.97, 0.49 for r = 1, 8, 64), which hides any
@@ -23,16 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import random
 
 import torch
 
 from minipeft.course.studies.runner import Study
+from minipeft.icl import first_line, kshot_prompt
 from minipeft.methods import (PRESETS, BitFitConfig, FullFinetuneConfig, LoraConfig,
                               MaskConfig, get_peft_model, learning_rate)
 from minipeft.methods.selective import BIAS_MODULES
 from minipeft.pretrained import load_pretrained
-from minipeft.tasks import get_task
-from minipeft.train import NonFiniteLossError, answer_loss, lm_loss, train
+from minipeft.tasks import get_task, load_examples, score
+from minipeft.tokenizer import load_tokenizer
+from minipeft.train import (NonFiniteLossError, answer_loss, generate_answers, lm_loss,
+                            train)
 
 
 def fine_tune(setup: dict, seed: int, config, lr: float):
@@ -350,11 +356,56 @@ MONTECLORA_LR = Study(
 )
 
 
+# --------------------------------------------------------------------------------------
+# In-context learning: the same shots in another order (Zhao et al., 2021; Lu et al., 2022)
+# --------------------------------------------------------------------------------------
+def shot_order(k: int, shot_set: int, seed: int) -> tuple[int, ...]:
+    """The seed-th of the k! orders of k shots, in a shuffled list: distinct seeds give
+    distinct orders (up to k!)."""
+    orders = list(itertools.permutations(range(k)))
+    random.Random(f"icl_order/orders/{k}/{shot_set}").shuffle(orders)
+    return orders[seed]
+
+
+def run_icl_order_cell(setup: dict, seed: int) -> dict[str, float]:
+    """The frozen model, prompted with one fixed set of k shots (the same for every query)
+    in the order the seed picks; the metric of its greedy answers. Generation tasks only."""
+    task, k = setup["task"], setup["k"]
+    tokenizer = load_tokenizer()
+    shots = random.Random(f"icl_order/shots/{task}/{setup['shot_set']}").sample(
+        load_examples(task, "train"), k)
+    ordered = [shots[i] for i in shot_order(k, setup["shot_set"], seed)]
+    queries = load_examples(task, "validation")[:setup["eval_limit"]]
+    prompts = [tokenizer.encode(kshot_prompt(ordered, q)) for q in queries]
+    answer_room = max(len(tokenizer.encode(q.answer)) for q in queries) + 2
+    outputs = generate_answers(load_pretrained(setup["size"]), prompts, answer_room,
+                               tokenizer.eos_id)
+    predictions = [first_line(tokenizer.decode(o)) for o in outputs]
+    return {get_task(task).metric: score(task, predictions, [q.answer for q in queries]),
+            "prompt_tokens": sum(map(len, prompts)) / len(prompts)}
+
+
+ICL_ORDER = Study(
+    name="icl_order",
+    claim="In-context learning depends on the order of the same demonstrations (Zhao et al., "
+          "2021; Lu et al., 2022; 'Disadvantages of ICL' in ATNLP Lecture 8, "
+          "'Parameter-efficient Finetuning').",
+    settings={"size": "small", "task": "unscramble", "eval_limit": 200},
+    cells=tuple({"k": 4, "shot_set": i} for i in range(4))
+    + tuple({"k": 8, "shot_set": i} for i in range(2)),
+    run_cell=run_icl_order_cell,
+    check_cell={"k": 4, "shot_set": 0},
+    metric="exact_match",
+    seeds=5,
+    lecture_numbers={"k=4 shot_set=0": "sensitive to order"},
+)
+
+
 STUDIES: dict[str, Study] = {s.name: s for s in (RANK_WEIGHT_TYPE, ATTENTION_VS_MLP,
                                                  BITFIT_BIASES, MASK_BUDGETS, METHOD_TABLE,
-                                                 FORGETTING, MONTECLORA_LR)}
+                                                 FORGETTING, MONTECLORA_LR, ICL_ORDER)}
 # Issue-named studies not defined yet; `reproduce --list` shows them as such.
-PLANNED = ("adalora_dora", "adapters", "lorahub", "icl_order")
+PLANNED = ("adalora_dora", "adapters", "lorahub")
 
 
 def get_study(name: str) -> Study:

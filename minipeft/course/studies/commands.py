@@ -61,8 +61,9 @@ def print_tables(study: Study, document: dict | None = None) -> None:
     document = document or read_results(results_path(study.name))
     rows = document["rows"]
     print(study.claim)
-    metrics = sorted({row["metric"] for row in rows} - {"answer_loss", *TIMING_METRICS})
-    for metric in (*metrics, "answer_loss"):  # the task metrics (a study may have several)
+    measured = {row["metric"] for row in rows}
+    metrics = sorted(measured - {"answer_loss", *TIMING_METRICS})
+    for metric in (*metrics, *({"answer_loss"} & measured)):  # answer loss last, if any
         cells = [cell for cell in study.cells if any(
             row["metric"] == metric and row["cell"] == cell for row in rows)]
         print()
