@@ -15,6 +15,8 @@ step (the end-of-run evaluation included; never compared, it depends on the mach
     forgetting        unscramble  40, 160   8     3    full FT vs LoRA r: task vs pretraining loss
     monteclora_lr     sentiment    100     12     3    LoRA vs MonteCLoRA, lr 1e-4 … 3e-2
     icl_order         unscramble     —      6     5    orders of the same k shots (no training)
+    adapters          unscramble   150     14     3    placement × bottleneck; learning rate
+    adalora_dora      unscramble   150      6     3    AdaLoRA vs LoRA; DoRA's ΔM against ΔD
 
 Unscramble rather than sentiment for the LoRA studies: on `small`, a short sentiment run ends
 either near 1.0 or at chance (60 steps: 0.51, 0.97, 0.49 for r = 1, 8, 64), which hides any
@@ -31,9 +33,11 @@ import torch
 
 from minipeft.course.studies.runner import Study
 from minipeft.icl import first_line, kshot_prompt
-from minipeft.methods import (PRESETS, BitFitConfig, FullFinetuneConfig, LoraConfig,
-                              MaskConfig, get_peft_model, learning_rate)
-from minipeft.methods.selective import BIAS_MODULES
+from minipeft.methods import (PRESETS, AdaLoraConfig, AdapterConfig, BitFitConfig,
+                              DoraConfig, FullFinetuneConfig, LoraConfig, MaskConfig,
+                              get_peft_model, learning_rate)
+from minipeft.methods.dora import magnitude_direction_change
+from minipeft.methods.selective import BIAS_MODULES, DeltaModel
 from minipeft.pretrained import load_pretrained
 from minipeft.tasks import get_task, load_examples, score
 from minipeft.tokenizer import load_tokenizer
@@ -401,11 +405,117 @@ ICL_ORDER = Study(
 )
 
 
+# --------------------------------------------------------------------------------------
+# Adapters: placement × bottleneck, and the learning rate (Houlsby, Pfeiffer, He et al.)
+# --------------------------------------------------------------------------------------
+def run_adapter_cell(setup: dict, seed: int) -> dict[str, float]:
+    """A bottleneck adapter of width d_model / reduction_factor at a placement; the
+    parallel adapter with He et al.'s scale s = 4, as its preset."""
+    scale = 4.0 if setup["placement"] == "parallel" else 1.0
+    config = AdapterConfig(placement=setup["placement"],
+                           reduction_factor=setup["reduction_factor"], scale=scale)
+    return fine_tune(setup, seed, config, setup["lr"])[1]
+
+
+PLACEMENTS = ("houlsby", "pfeiffer", "parallel", "io")
+ADAPTERS = Study(
+    name="adapters",
+    claim="Where the adapter sits and how wide its bottleneck is trade trainable parameters "
+          "for quality (Houlsby et al., 2019; Pfeiffer et al., 2021; He et al., 2022; "
+          "lecture 'Parameter Efficient Fine Tuning: Blazing fast fine-tuning!': Houlsby "
+          "adapters, 2 per block, best quality at < 3% of the parameters).",
+    settings={"size": "small", "task": "unscramble", "steps": 150, "batch_size": 16,
+              "eval_limit": 200, "lr": learning_rate("houlsby")},
+    cells=tuple({"placement": placement, "reduction_factor": factor}
+                for placement in PLACEMENTS for factor in (4, 16, 64))
+    + tuple({"placement": "houlsby", "reduction_factor": 16, "lr": lr} for lr in (1e-3, 1e-2)),
+    run_cell=run_adapter_cell,
+    check_cell={"placement": "pfeiffer", "reduction_factor": 64},
+    metric="exact_match",
+    seeds=3,
+    lecture_numbers={"placement=houlsby reduction_factor=16": "best quality, < 3% params"},
+)
+
+
+# --------------------------------------------------------------------------------------
+# AdaLoRA vs LoRA at an equal final budget; DoRA vs LoRA vs full FT: ΔM against ΔD
+# --------------------------------------------------------------------------------------
+def run_adalora_dora_cell(setup: dict, seed: int) -> dict[str, float]:
+    """LoRA (α = 2r), DoRA, AdaLoRA (its preset's α = init_r) or full fine-tuning; plus
+    how the W_q and W_v rows moved: mean ΔM, mean ΔD and the correlation of ΔM with ΔD over
+    those matrices (Liu et al., 2024, DoRA, Figure 2: full fine-tuning's ΔM and ΔD are
+    negatively related, LoRA's positively)."""
+    method = setup["method"]
+    if method == "full":
+        config, lr = FullFinetuneConfig(), learning_rate("full")
+    elif method == "adalora":
+        config = AdaLoraConfig(init_r=setup["init_r"], target_r=setup["target_r"],
+                               alpha=setup["init_r"], target_modules=setup["targets"])
+        lr = learning_rate("adalora")
+    else:
+        make = DoraConfig if method == "dora" else LoraConfig
+        config = make(r=setup["r"], alpha=2 * setup["r"], target_modules=setup["targets"])
+        lr = learning_rate(method)
+    model, metrics = fine_tune(setup, seed, config, lr)
+    return {**metrics, **magnitude_direction_summary(query_value_changes(model))}
+
+
+def query_value_changes(model) -> list[tuple[float, float]]:
+    """(ΔM, ΔD) of every W_q and W_v, from W₀ to the fine-tuned W = W₀ + ΔW."""
+    if isinstance(model, DeltaModel):  # full fine-tuning: Δ per parameter tensor
+        deltas = {name[:-len(".weight")]: delta for name, delta in model.deltas().items()
+                  if name.endswith((".attn.q.weight", ".attn.v.weight"))}
+    else:
+        deltas = {name: layer.delta_weight() for name, layer in model.tuner_layers()
+                  if name.endswith((".attn.q", ".attn.v"))}
+    return [magnitude_direction_change(w0, w0 + delta) for w0, delta in (
+        (model.base_model.get_submodule(name).weight if isinstance(model, DeltaModel)
+         else model.base_model.get_submodule(name).base_layer.weight, delta)
+        for name, delta in deltas.items())]
+
+
+def magnitude_direction_summary(changes: list[tuple[float, float]]) -> dict[str, float]:
+    delta_m = torch.tensor([m for m, _ in changes], dtype=torch.float64)
+    delta_d = torch.tensor([d for _, d in changes], dtype=torch.float64)
+    correlation = torch.corrcoef(torch.stack([delta_m, delta_d]))[0, 1]
+    return {"mean_delta_m": float(delta_m.mean()), "mean_delta_d": float(delta_d.mean()),
+            "delta_m_delta_d_correlation": float(correlation)}
+
+
+QV = ["q", "v"]
+ADALORA_DORA = Study(
+    name="adalora_dora",
+    claim="AdaLoRA beats LoRA at the same final budget by moving rank where it helps (Zhang "
+          "et al., 2023), and DoRA changes magnitude and direction more like full "
+          "fine-tuning than LoRA does (Liu et al., 2024); lecture 'Parameter-Efficient "
+          "Fine-Tuning (PEFT)', T. Chakraborty: RoBERTa-base GLUE average LoRA 83.9, "
+          "AdaLoRA 84.0.",
+    settings={"size": "small", "task": "unscramble", "steps": 150, "batch_size": 16,
+              "eval_limit": 200},
+    cells=({"method": "lora", "r": 4, "targets": ALL},
+           {"method": "lora", "r": 12, "targets": ALL},
+           {"method": "adalora", "init_r": 12, "target_r": 4, "targets": ALL},
+           {"method": "lora", "r": 8, "targets": QV},
+           {"method": "dora", "r": 8, "targets": QV},
+           {"method": "full"}),
+    run_cell=run_adalora_dora_cell,
+    check_cell={"method": "lora", "r": 8, "targets": QV},
+    metric="exact_match",
+    seeds=3,
+    lecture_numbers={"method=lora r=4 targets=q,k,v,o,fc,proj": "GLUE 83.9 (RoBERTa-base)",
+                     "method=adalora init_r=12 target_r=4 targets=q,k,v,o,fc,proj":
+                     "GLUE 84.0 (RoBERTa-base)",
+                     "method=dora r=8 targets=q,v": "ΔM-ΔD like full FT (negative)",
+                     "method=full": "ΔM-ΔD negative"},
+)
+
+
 STUDIES: dict[str, Study] = {s.name: s for s in (RANK_WEIGHT_TYPE, ATTENTION_VS_MLP,
                                                  BITFIT_BIASES, MASK_BUDGETS, METHOD_TABLE,
-                                                 FORGETTING, MONTECLORA_LR, ICL_ORDER)}
+                                                 FORGETTING, MONTECLORA_LR, ICL_ORDER,
+                                                 ADAPTERS, ADALORA_DORA)}
 # Issue-named studies not defined yet; `reproduce --list` shows them as such.
-PLANNED = ("adalora_dora", "adapters", "lorahub")
+PLANNED = ("lorahub",)
 
 
 def get_study(name: str) -> Study:
