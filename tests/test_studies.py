@@ -261,7 +261,6 @@ def test_list_names_every_study(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["reproduce"], "name a study"),
     (["reproduce", "no_such_study"], "unknown study 'no_such_study'"),
-    (["reproduce", "lorahub"], "planned but not defined yet"),
     (["reproduce", "--list", "bitfit_biases"], "--list takes no study"),
     (["reproduce", "bitfit_biases", "--quick", "--seeds", "3"], "--quick re-runs one"),
 ])

@@ -12,13 +12,13 @@ results.py  the file format, its strict reader, and the seed-spread summaries (`
 
 Course tooling: the library (minipeft/*.py, minipeft/methods/) never imports this package.
 """
-from minipeft.course.studies.catalog import PLANNED, STUDIES, get_study
+from minipeft.course.studies.catalog import STUDIES, get_study
 from minipeft.course.studies.results import (Comparison, Summary, cell_label, differs,
                                              format_table, ranking, read_results, summarize,
                                              write_results)
 from minipeft.course.studies.runner import (Study, check_reproduces, estimated_minutes,
                                             results_path, run_study)
 
-__all__ = ["STUDIES", "PLANNED", "get_study", "Study", "run_study", "check_reproduces",
+__all__ = ["STUDIES", "get_study", "Study", "run_study", "check_reproduces",
            "estimated_minutes", "results_path", "read_results", "write_results", "summarize",
            "Summary", "differs", "Comparison", "ranking", "format_table", "cell_label"]

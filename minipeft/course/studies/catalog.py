@@ -17,6 +17,7 @@ step (the end-of-run evaluation included; never compared, it depends on the mach
     icl_order         unscramble     —      6     5    orders of the same k shots (no training)
     adapters          unscramble   150     14     3    placement × bottleneck; learning rate
     adalora_dora      unscramble   150      6     3    AdaLoRA vs LoRA; DoRA's ΔM against ΔD
+    lorahub           sentiment     50      5     3    LoraHub vs LoRA on 5 or 20 examples
 
 Unscramble rather than sentiment for the LoRA studies: on `small`, a short sentiment run ends
 either near 1.0 or at chance (60 steps: 0.51, 0.97, 0.49 for r = 1, 8, 64), which hides any
@@ -35,14 +36,14 @@ from minipeft.course.studies.runner import Study
 from minipeft.icl import first_line, kshot_prompt
 from minipeft.methods import (PRESETS, AdaLoraConfig, AdapterConfig, BitFitConfig,
                               DoraConfig, FullFinetuneConfig, LoraConfig, MaskConfig,
-                              get_peft_model, learning_rate)
+                              get_peft_model, learning_rate, lorahub_search)
 from minipeft.methods.dora import magnitude_direction_change
 from minipeft.methods.selective import BIAS_MODULES, DeltaModel
 from minipeft.pretrained import load_pretrained
-from minipeft.tasks import get_task, load_examples, score
+from minipeft.tasks import encode_example, get_task, load_examples, score
 from minipeft.tokenizer import load_tokenizer
-from minipeft.train import (NonFiniteLossError, answer_loss, generate_answers, lm_loss,
-                            train)
+from minipeft.train import (NonFiniteLossError, answer_loss, evaluate_task,
+                            generate_answers, lm_loss, random_batches, train, train_loop)
 
 
 def fine_tune(setup: dict, seed: int, config, lr: float):
@@ -510,19 +511,90 @@ ADALORA_DORA = Study(
 )
 
 
+# --------------------------------------------------------------------------------------
+# LoraHub: compose source-task LoRAs for a new task from a few examples (Huang et al., 2023)
+# --------------------------------------------------------------------------------------
+SOURCE_TASKS = ("paraphrase", "table2text", "unscramble", "arithmetic")
+HUB_LORA = {"r": 8, "alpha": 16, "target_modules": ["q", "v"]}  # the `lora` preset's shape
+
+
+@functools.lru_cache(maxsize=1)
+def source_adapters(size: str, steps: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """φ of one `lora`-preset adapter per source task, trained at `seed` (kept per process:
+    every cell of a seed composes the same sources)."""
+    adapters = {}
+    for task in SOURCE_TASKS:
+        torch.manual_seed(seed)
+        model = get_peft_model(load_pretrained(size), LoraConfig(**HUB_LORA))
+        train(model, task, steps=steps, lr=learning_rate("lora"), eval_limit=1, seed=seed,
+              progress=False)
+        adapters[task] = {k: v.clone() for k, v in model.adapter_state_dict().items()}
+    return adapters
+
+
+def few_shot_examples(task: str, shots: int, seed: int) -> list:
+    return random.Random(f"lorahub/{task}/{seed}").sample(load_examples(task, "train"), shots)
+
+
+def run_lorahub_cell(setup: dict, seed: int) -> dict[str, float]:
+    """On `shots` examples of the new task: the base model untouched, LoraHub's composition
+    of the source adapters (N mixing weights found without gradients), or a LoRA trained
+    from scratch on the same examples."""
+    task, method = setup["task"], setup["method"]
+    torch.manual_seed(seed)
+    examples = few_shot_examples(task, setup["shots"], seed) if "shots" in setup else []
+    if method == "base":
+        model, trainable = load_pretrained(setup["size"]), 0
+    elif method == "lorahub":
+        sources = source_adapters(setup["size"], setup["source_steps"], seed)
+        model = get_peft_model(load_pretrained(setup["size"]), LoraConfig(**HUB_LORA),
+                               adapter_name=SOURCE_TASKS[0])
+        for name in SOURCE_TASKS[1:]:
+            model.add_adapter(name, LoraConfig(**HUB_LORA))
+        for name, tensors in sources.items():
+            model.load_adapter_state_dict(tensors, name)
+        lorahub_search(model, list(SOURCE_TASKS), examples, seed=seed)
+        trainable = len(SOURCE_TASKS)
+    else:
+        model = get_peft_model(load_pretrained(setup["size"]), LoraConfig(**HUB_LORA))
+        tokenizer = load_tokenizer()
+        pairs = [encode_example(ex, tokenizer) for ex in examples]
+        train_loop(model, random_batches(pairs, setup["batch_size"], tokenizer.eos_id, seed),
+                   setup["steps"], lr=learning_rate("lora"), seed=seed, progress=False)
+        trainable = model.count_parameters()[0]
+    limit = setup["eval_limit"]
+    return {get_task(task).metric: evaluate_task(model, task, "validation", limit=limit),
+            "answer_loss": answer_loss(model, task, "validation", limit=limit),
+            "trainable": trainable}
+
+
+LORAHUB = Study(
+    name="lorahub",
+    claim="Composing LoRAs of other tasks with a few examples of a new task (LoraHub, Huang "
+          "et al., 2023) competes with training a LoRA on those examples, with N weights "
+          "instead of a whole adapter and no gradients.",
+    settings={"size": "small", "task": "sentiment", "source_steps": 150, "steps": 50,
+              "batch_size": 16, "eval_limit": 200},
+    cells=({"method": "base"},)
+    + tuple({"method": method, "shots": shots} for method in ("lorahub", "lora")
+            for shots in (5, 20)),
+    run_cell=run_lorahub_cell,
+    check_cell={"method": "lora", "shots": 5},
+    metric="accuracy",
+    seeds=3,
+)
+
+
 STUDIES: dict[str, Study] = {s.name: s for s in (RANK_WEIGHT_TYPE, ATTENTION_VS_MLP,
                                                  BITFIT_BIASES, MASK_BUDGETS, METHOD_TABLE,
                                                  FORGETTING, MONTECLORA_LR, ICL_ORDER,
-                                                 ADAPTERS, ADALORA_DORA)}
-# Issue-named studies not defined yet; `reproduce --list` shows them as such.
-PLANNED = ("lorahub",)
+                                                 ADAPTERS, ADALORA_DORA, LORAHUB)}
 
 
 def get_study(name: str) -> Study:
     if name not in STUDIES:
-        planned = f" ({name!r} is planned but not defined yet)" if name in PLANNED else ""
-        raise ValueError(f"unknown study {name!r}{planned}; choose from {list(STUDIES)}")
+        raise ValueError(f"unknown study {name!r}; choose from {list(STUDIES)}")
     return STUDIES[name]
 
 
-__all__ = ["STUDIES", "PLANNED", "get_study", "fine_tune", "bias_changes"]
+__all__ = ["STUDIES", "get_study", "fine_tune", "bias_changes"]

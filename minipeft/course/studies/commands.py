@@ -1,7 +1,7 @@
 """`python -m minipeft reproduce`: run a study, check it, or list the studies."""
 from __future__ import annotations
 
-from minipeft.course.studies.catalog import PLANNED, STUDIES, get_study
+from minipeft.course.studies.catalog import STUDIES, get_study
 from minipeft.course.studies.results import (TIMING_METRICS, format_table, ranking,
                                              read_results)
 from minipeft.course.studies.runner import (Study, check_reproduces, estimated_minutes,
@@ -37,7 +37,6 @@ def print_list() -> None:
             f"{minutes:.1f} with --jobs 1, ≈{minutes / 2:.1f} with --jobs 2 on 2 cores"
             + partial_note(study))
         print(f"{study.name:18s} {len(study.cells):5d} {study.seeds:5d}  {stored}")
-    print("planned, not defined yet:", ", ".join(PLANNED))
 
 
 def partial_note(study: Study) -> str:
