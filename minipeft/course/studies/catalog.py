@@ -1,9 +1,10 @@
 """The studies: each checks one of the lectures' claims on the miniature, over several seeds.
 
-Every cell fine-tunes the pretrained `small` checkpoint with the library's own `train` and
-reports the task metric on the validation split, the answer loss there (still informative
-when the metric saturates), the trainable count and share, and the training seconds per
-step (the end-of-run evaluation included; never compared, it depends on the machine).
+A cell fine-tunes the pretrained `small` checkpoint with the library's own `train` (icl_order
+only prompts it) and reports the task metric on the validation split, the answer loss there
+(still informative when the metric saturates), the trainable count and share, and the
+training seconds per step (the end-of-run evaluation included; never compared, it depends on
+the machine).
 
     study             task        steps  cells  seeds  what varies
     rank_weight_type  unscramble   150     27     3    LoRA rank r × which attention matrices
