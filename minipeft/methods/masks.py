@@ -24,8 +24,9 @@ Fixed masks, chosen once before training:
   Lottery Ticket Hypothesis"): fine-tune every pool entry densely for a few steps, keep the
   K entries that moved most, then reset to θ₀ and train only those,
 
-      M = top-K of |θ_T − θ₀|     θ_T: θ₀ after T dense AdamW steps     (`dense_finetune_change`,
-                                                                        `select_largest_change`)
+      M = top-K of |θ_T − θ₀|,     θ_T = θ₀ after T dense AdamW steps
+
+  (`dense_finetune_change`, then `select_largest_change`).
 
 A growing mask, chosen during training:
 
