@@ -223,6 +223,13 @@ def cmd_homework(args) -> None:
     run_command(args)
 
 
+def cmd_reproduce(args) -> None:
+    """Re-measure a lecture claim over seeds (a study), or list the studies."""
+    from minipeft.course.studies.commands import run_command
+
+    run_command(args)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1 (0 and negatives are errors, not "use the default")."""
     try:
@@ -360,6 +367,22 @@ def parser() -> argparse.ArgumentParser:
                    help="wall-clock seconds per submission (default 120)")
     h.add_argument("--jobs", type=positive_int, default=1, help="submissions graded at once")
     s.set_defaults(run=cmd_homework)
+
+    s = sub.add_parser("reproduce", help="re-measure a lecture's claim over several seeds "
+                                          "into data/results/STUDY.json (--list: the studies)")
+    s.add_argument("study", nargs="?", help="the study's name (see --list)")
+    s.add_argument("--list", action="store_true", help="each study: cells, seeds, minutes")
+    s.add_argument("--seeds", type=positive_int, default=None,
+                   help="seeds 0..N-1 (default: the study's own, 3 or 5)")
+    s.add_argument("--jobs", type=positive_int, default=1,
+                   help="cells run at once, each in its own process on one thread")
+    s.add_argument("--quick", action="store_true",
+                   help="re-run only the study's check cell at seed 0 and compare it with "
+                        "the stored row (writes nothing)")
+    s.add_argument("--restart", action="store_true",
+                   help="discard the stored table instead of continuing it")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_reproduce)
 
     # The benchmark's options are defined in minipeft.course.bench, which is imported only when
     # the command runs; its arguments (--help included) are handed over unparsed (see main).

@@ -1,4 +1,4 @@
-"""Selective methods: full FT, head-only, BitFit, masks (FISH, PaFi, random, ID3).
+"""Selective methods: full FT, head-only, BitFit, masks (FISH, PaFi, random, magnitude, ID3).
 
 Each check compares against an independent computation: a hand count of bias entries,
 softmax's shift invariance, a plain GPT's own gradients, a sort of |θ|, or the closed-form
@@ -117,10 +117,11 @@ def test_bitfit_trains_exactly_the_bias_entries():
     assert n_bias == L * (7 * d + d_ff) + d  # the docstring's formula, counted by hand
     peft = get_peft_model(base, BitFitConfig())
     assert peft.count_parameters()[0] == n_bias
-    subset = get_peft_model(tiny_gpt(), BitFitConfig(bias_names=["q", "proj"]))
-    assert subset.count_parameters()[0] == L * (d + d)
+    # b_q and b_m2, the paper's pair: b_m2 is the first MLP layer's bias (fc, before GELU)
+    subset = get_peft_model(tiny_gpt(), BitFitConfig(bias_names=["q", "fc"]))
+    assert subset.count_parameters()[0] == L * (d + d_ff)
     assert set(subset.delta_names.values()) == {f"blocks.{i}.{m}.bias" for i in range(L)
-                                                for m in ("attn.q", "mlp.proj")}
+                                                for m in ("attn.q", "mlp.fc")}
 
 
 def test_key_bias_gets_exactly_zero_gradient():
@@ -304,6 +305,43 @@ def test_fisher_mask_picks_the_top_fisher_scores():
     assert int(chosen.sum()) == math.ceil(0.01 * flat.numel())
 
 
+def test_magnitude_mask_keeps_the_entries_a_dense_run_moved_most():
+    """Han et al. (2015): the mask is the top-K |θ_T − θ₀| of a short dense fine-tune, and
+    training then starts again from θ₀. The reference θ_T − θ₀ comes from another route:
+    a mask over the whole pool (budget 1), whose Δ is trained through functional_call by the
+    same loop on the same batches (equal steps as long as weight decay is 0). Adam's first
+    steps move many entries by the same amount, so the comparison allows for ties at the
+    cut."""
+    from minipeft.tasks import encode_example, load_examples
+    from minipeft.tokenizer import load_tokenizer
+    from minipeft.train import random_batches, train_loop
+
+    big_vocab = dict(vocab_size=2048, block_size=128)
+    config = MaskConfig(selector="magnitude", task="sentiment", budget=0.01, seed=3,
+                        magnitude_steps=5, magnitude_lr=1e-2, target_modules=["q", "fc"])
+    x, _ = batch(V=2048)
+    peft = get_peft_model(tiny_gpt(**big_vocab), config)
+    assert torch.equal(peft(x).logits, tiny_gpt(**big_vocab)(x).logits)  # reset to θ₀
+    assert torch.equal(peft.base_model.blocks[0].attn.q.weight,
+                       tiny_gpt(**big_vocab).blocks[0].attn.q.weight)  # θ₀ not moved
+
+    tokenizer = load_tokenizer()
+    pairs = [encode_example(ex, tokenizer) for ex in load_examples("sentiment", "train")]
+    full = get_peft_model(tiny_gpt(**big_vocab), MaskConfig(selector="random", budget=1.0,
+                                                             target_modules=["q", "fc"]))
+    train_loop(full, random_batches(pairs, 16, tokenizer.eos_id, seed=3), 5, lr=1e-2, seed=3,
+               progress=False)
+    reference = full.deltas()
+    names = [f"blocks.{i}.{m}.{w}" for i in range(2) for m in ("attn.q", "mlp.fc")
+             for w in ("weight", "bias")]
+    moved = torch.cat([reference[n].reshape(-1) for n in names]).abs()
+    chosen = torch.zeros_like(moved, dtype=torch.bool)
+    chosen[peft.mask_indices] = True
+    assert int(chosen.sum()) == math.ceil(0.01 * moved.numel())
+    assert moved[chosen].min() >= moved[~chosen].max() - 1e-6
+    assert moved[chosen].mean() > moved[~chosen].mean()  # not a tie over the whole pool
+
+
 @pytest.mark.parametrize("selector", ["random", "id3"])
 def test_mask_saves_only_indices_and_values(tmp_path, selector):
     x, _ = batch()
@@ -341,12 +379,14 @@ def test_mask_bad_input():
         with pytest.raises(ValueError, match="budget"):
             MaskConfig(selector="random", budget=budget)
     with pytest.raises(ValueError, match="selector"):
-        MaskConfig(selector="magnitude")
-    with pytest.raises(ValueError, match="task="):
-        MaskConfig(selector="fisher")
+        MaskConfig(selector="lottery")
+    for selector in ("fisher", "magnitude"):
+        with pytest.raises(ValueError, match="task="):
+            MaskConfig(selector=selector)
     for field, value in [("n_samples", 0), ("n_samples", True), ("unmask_steps", 0),
                          ("unmask_steps", 2.0), ("id3_eps", 0.0), ("id3_exponent", -1.0),
-                         ("seed", 1.5), ("budget", True)]:
+                         ("seed", 1.5), ("budget", True), ("magnitude_steps", 0),
+                         ("magnitude_steps", 2.0), ("magnitude_lr", 0.0)]:
         with pytest.raises(ValueError, match=field):
             MaskConfig(selector="random", **{field: value})
     with pytest.raises(ValueError, match="unknown target"):
@@ -397,6 +437,6 @@ def test_mask_selectors_keep_their_import_path_in_selective():
     from minipeft.methods import masks, selective
 
     for name in ("compute_fisher", "select_largest", "select_smallest_magnitude",
-                 "select_random", "mask_size", "id3_importance"):
+                 "select_random", "mask_size", "id3_importance", "select_largest_change"):
         assert getattr(selective, name) is getattr(masks, name), name
         assert name in selective.__all__ and name in masks.__all__, name

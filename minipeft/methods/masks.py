@@ -19,6 +19,14 @@ Fixed masks, chosen once before training:
   Latency"): the K entries of smallest |θ₀|, no data needed (`select_smallest_magnitude`).
 * random: K entries drawn uniformly, seeded (`select_random`): the baseline a selector must
   beat.
+* magnitude pruning, the sparse-subnetwork view (Han, Pool, Tran & Dally, 2015, "Learning
+  both Weights and Connections for Efficient Neural Networks"; Frankle & Carbin, 2019, "The
+  Lottery Ticket Hypothesis"): fine-tune every pool entry densely for a few steps, keep the
+  K entries that moved most, then reset to θ₀ and train only those,
+
+      M = top-K of |θ_T − θ₀|,     θ_T = θ₀ after T dense AdamW steps
+
+  (`dense_finetune_change`, then `select_largest_change`).
 
 A growing mask, chosen during training:
 
@@ -33,6 +41,7 @@ A growing mask, chosen during training:
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -73,6 +82,27 @@ def select_random(pool_size: int, k: int, seed: int) -> torch.Tensor:
     """k distinct global indices drawn uniformly, from their own seeded generator."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(pool_size, generator=generator)[:k]
+
+
+def select_largest_change(change: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+    """Magnitude pruning: global indices of the k entries of largest |θ_T − θ₀|."""
+    return torch.topk(flat_concat(change).abs(), k).indices
+
+
+def dense_finetune_change(model: nn.Module, parameter_names: list[str], batches, steps: int,
+                          lr: float, seed: int) -> dict[str, torch.Tensor]:
+    """θ_T − θ₀ for `parameter_names` after `steps` AdamW steps that train only those
+    tensors, on a copy of `model` (the model itself is not changed). `batches` is an
+    endless stream of (inputs, targets), e.g. `minipeft.train.random_batches`."""
+    from minipeft.train import train_loop
+
+    dense = copy.deepcopy(model)
+    wanted = set(parameter_names)
+    for name, p in dense.named_parameters():
+        p.requires_grad_(name in wanted)
+    train_loop(dense, batches, steps, lr=lr, seed=seed, progress=False)
+    owned, tuned = dict(model.named_parameters()), dict(dense.named_parameters())
+    return {name: (tuned[name] - owned[name]).detach() for name in parameter_names}
 
 
 @torch.no_grad()
@@ -220,5 +250,6 @@ class ID3Unmasking:
 
 
 __all__ = ["flat_concat", "mask_size", "count_selected", "select_largest",
-           "select_smallest_magnitude", "select_random", "sample_answer", "compute_fisher",
+           "select_smallest_magnitude", "select_random", "select_largest_change",
+           "dense_finetune_change", "sample_answer", "compute_fisher",
            "id3_importance", "ID3Unmasking"]

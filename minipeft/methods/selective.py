@@ -22,6 +22,8 @@ Only Δ is in the optimizer, so AdamW keeps state for exactly the selected entri
                                                       largest Fisher score
     PaFi           Liao, Meng & Monz, 2023            ... of smallest |θ₀|     K
     random mask    (baseline)                         ... chosen at random     K
+    magnitude      Han et al., 2015; Frankle &        ... that moved most in   K
+                   Carbin, 2019                       a short dense run
     ID3            Agarwal et al., 2025               ... grown by K/T per     K (after T steps)
                                                       step, largest
                                                       H = |∇θ|² / (|θ| + ε)^exp
@@ -55,7 +57,8 @@ from minipeft.checks import (check_choice, check_fraction, check_non_negative,
 from minipeft.methods.base import (BLOCK_MODULES, PeftConfig, PeftModel, find_targets,
                                    register_method, resolve_layers)
 from minipeft.methods.masks import (ID3Unmasking, compute_fisher, count_selected,
-                                    id3_importance, mask_size, select_largest, select_random,
+                                    dense_finetune_change, id3_importance, mask_size,
+                                    select_largest, select_largest_change, select_random,
                                     select_smallest_magnitude)
 from minipeft.model import GPT
 
@@ -287,10 +290,11 @@ class BitFitConfig(PeftConfig):
     """Train only bias vectors: b = b₀ + Δb, every weight matrix frozen.
 
     bias_names: None = every bias (q k v o fc proj ln1 ln2 in each block, and ln_f), or a
-    subset such as ["q", "proj"], the two the BitFit paper found most useful (b_q and the
-    second MLP bias). b_k is allowed but learns nothing: its gradient is exactly zero,
-    because q·b_k is added to every attention score of a query and softmax ignores a
-    constant shift.
+    subset such as ["q", "fc"], the two the BitFit paper found most useful (Ben Zaken et al.,
+    2022, §2 and Figure 1): b_q and b_m2, the bias of the first MLP layer, the one followed
+    by GELU, h₄ = GELU(W_m2 h₃ + b_m2), which is `fc` here (`proj` is the second MLP layer,
+    b_m3). b_k is allowed but learns nothing: its gradient is exactly zero, because q·b_k is
+    added to every attention score of a query and softmax ignores a constant shift.
     layers_to_transform / top_layers: which blocks (default all); ln_f is outside the blocks
     and follows bias_names.
     """
@@ -323,9 +327,10 @@ class BitFitModel(DenseDeltaModel):
 
 
 # --------------------------------------------------------------------------------------
-# Sparse masks: FISH, PaFi, random, ID3
+# Sparse masks: FISH, PaFi, random, magnitude pruning, ID3
 # --------------------------------------------------------------------------------------
-SELECTORS = ("fisher", "fisher_gold", "pafi", "random", "id3")
+SELECTORS = ("fisher", "fisher_gold", "pafi", "random", "magnitude", "id3")
+NEEDS_TASK = ("fisher", "fisher_gold", "magnitude")  # selectors that look at training data
 
 
 @dataclass
@@ -339,6 +344,10 @@ class MaskConfig(PeftConfig):
       "fisher_gold" the same with y_i = the gold answer (the "empirical Fisher");
       "pafi"        the K entries of smallest |θ₀| (PaFi);
       "random"      K entries drawn uniformly (seeded): the baseline a selector must beat;
+      "magnitude"   magnitude pruning: fine-tune the whole pool densely for magnitude_steps
+                    AdamW steps at magnitude_lr on `task`, keep the K entries of largest
+                    |θ_T − θ₀|, then start again from θ₀ with only those trainable (Han et
+                    al., 2015; the lottery-ticket view of Frankle & Carbin, 2019);
       "id3"         starts empty and, after each of the first T training steps (T =
                     unmask_steps, default: the whole run), adds the K/T not-yet-chosen
                     entries of largest H(θ) = |∇θ|² / (|θ| + ε)^exp (ID3).
@@ -356,6 +365,8 @@ class MaskConfig(PeftConfig):
     id3_exponent: float = 1.0
     id3_eps: float = 1e-8
     unmask_steps: int | None = None
+    magnitude_steps: int = 30
+    magnitude_lr: float = 1e-3
 
     def __post_init__(self):
         super().__post_init__()
@@ -363,14 +374,16 @@ class MaskConfig(PeftConfig):
         check_fraction(self.budget, "budget (the fraction of the pool that trains, e.g. 0.005)",
                        include_zero=False, include_one=True)
         check_non_negative_int(self.seed, "seed")
-        if self.selector.startswith("fisher") and self.task is None:
-            raise ValueError(f"selector={self.selector!r} estimates the Fisher information on "
-                             "training examples: pass task='sentiment' (or another task)")
+        if self.selector in NEEDS_TASK and self.task is None:
+            raise ValueError(f"selector={self.selector!r} chooses the mask from training "
+                             "examples: pass task='sentiment' (or another task)")
         check_positive_int(self.n_samples, "n_samples")
         check_non_negative(self.id3_exponent, "id3_exponent")
         check_positive(self.id3_eps, "id3_eps (keeps (|θ| + ε)^exp away from 0)")
         if self.unmask_steps is not None:
             check_positive_int(self.unmask_steps, "unmask_steps (None = the whole training run)")
+        check_positive_int(self.magnitude_steps, "magnitude_steps (the dense run's length)")
+        check_positive(self.magnitude_lr, "magnitude_lr (the dense run's AdamW rate)")
 
 
 @register_method(MaskConfig)
@@ -413,11 +426,25 @@ class MaskModel(DeltaModel):
         from minipeft.tasks import load_examples
         from minipeft.tokenizer import load_tokenizer
 
+        if config.selector == "magnitude":
+            return select_largest_change(self.dense_change(config), k)
         fisher = compute_fisher(self.base_model, load_examples(config.task, "train"),
                                 load_tokenizer(), config.n_samples,
                                 labels="gold" if config.selector == "fisher_gold" else "model",
                                 seed=config.seed, parameter_names=list(self.pool))
         return select_largest(fisher, k)
+
+    def dense_change(self, config: MaskConfig) -> dict[str, torch.Tensor]:
+        """θ_T − θ₀ of a short dense fine-tune of the pool (the magnitude selector's score)."""
+        from minipeft.tasks import encode_example, load_examples
+        from minipeft.tokenizer import load_tokenizer
+        from minipeft.train import random_batches
+
+        tokenizer = load_tokenizer()
+        pairs = [encode_example(ex, tokenizer) for ex in load_examples(config.task, "train")]
+        batches = random_batches(pairs, 16, tokenizer.eos_id, seed=config.seed)
+        return dense_finetune_change(self.base_model, list(self.pool), batches,
+                                     config.magnitude_steps, config.magnitude_lr, config.seed)
 
     # --- where each value goes --------------------------------------------------------
     @property
@@ -520,4 +547,4 @@ __all__ = ["FullFinetuneConfig", "FullFinetuneModel", "HeadOnlyConfig", "HeadOnl
            "BitFitConfig", "BitFitModel", "MaskConfig", "MaskModel", "DeltaModel",
            "DenseDeltaModel", "compute_fisher", "candidate_parameters", "id3_importance",
            "select_smallest_magnitude", "select_largest", "select_random", "mask_size",
-           "VALID_BIASES", "SELECTORS", "PRESETS"]
+           "select_largest_change", "VALID_BIASES", "SELECTORS", "PRESETS"]
