@@ -97,7 +97,7 @@ def nearest_tokens(vectors: torch.Tensor, model, tokenizer, k: int = 5
                          f"embeddings, got shape {tuple(vectors.shape)}")
     if not 1 <= k <= embedding.shape[0]:
         raise ValueError(f"k must be in 1..{embedding.shape[0]} (the vocabulary size), got {k}")
-    cosine = (torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+    cosine = (torch.nn.functional.normalize(vectors.detach().float().to(embedding.device), dim=1)
               @ torch.nn.functional.normalize(embedding.float(), dim=1).T)  # (n, V)
     scores, ids = cosine.topk(k, dim=1)
     return [[(tokenizer.token_text(i), s) for i, s in zip(row_ids, row_scores)]

@@ -142,7 +142,7 @@ def same_category_fraction(neighbour_ids: torch.Tensor, labels: torch.Tensor) ->
     k = neighbour_ids.shape[1]
     c = labels[neighbour_ids]  # (n, k) category of each neighbour
     same = (c[:, :, None] == c[:, None, :]) & (c[:, :, None] != UNCATEGORISED)  # (n, k, k)
-    upper = torch.ones(k, k, dtype=torch.bool).triu(diagonal=1)  # each unordered pair once
+    upper = torch.ones(k, k, dtype=torch.bool, device=c.device).triu(diagonal=1)  # pairs i < j
     return (same & upper).sum(dim=(1, 2)).float() / (k * (k - 1) / 2)
 
 

@@ -358,7 +358,8 @@ def real_token_states(gpt: GPT, layer_ids: list[int], n: int) -> torch.Tensor:
     better than one started from random numbers; both prefix and deep prompts start here.
     Returns (L', n, d): the states at positions 0..n-1 of a random token sequence.
     """
-    ids = torch.randint(gpt.config.vocab_size, (1, n))
+    ids = torch.randint(gpt.config.vocab_size, (1, n))  # drawn on the CPU: same ids anywhere
+    ids = ids.to(gpt.tok_emb.weight.device)
     x = gpt.tok_emb(ids) + gpt.pos_emb.weight[:n]  # x₀ = E[ids] + P[0..n-1]: (1, n, d)
     states = []
     for block in gpt.blocks:
