@@ -1,0 +1,147 @@
+"""The prompt-tuning studies: Lester et al.'s (2021) claims about soft prompts, over seeds.
+
+Every cell trains a soft prompt (or, for reference, the whole model) on sentiment with the
+library's own `train`, from a pretrained checkpoint, and reports accuracy and answer loss on
+the validation split, the trainable count and share, and the seconds per step.
+
+    study           size               steps  cells  seeds  what varies
+    prompt_length   small               100     5     3    num_virtual_tokens 1 … 50
+    prompt_init     small               100     4     3    random / vocab / labels / text
+    prompt_scale    tiny, small, base   100     6     3    model size × prompt or full FT
+    domain_shift    small             40, 100   4     3    prompt vs full FT, also on the
+                                                            shifted split
+
+The prompt trains at its preset rate (`learning_rate("prompt")` = 3e-2) with batches of 16,
+the recipe of the method_table study; full fine-tuning at `learning_rate("full")`.
+"""
+from __future__ import annotations
+
+from minipeft.course.studies.catalog import fine_tune
+from minipeft.course.studies.runner import Study
+from minipeft.methods import FullFinetuneConfig, PromptTuningConfig, learning_rate
+from minipeft.train import answer_loss, evaluate_task
+
+TASK = "sentiment"
+LABEL_WORDS = [" positive", " negative"]  # the sentiment task's two answers
+# A plain description of the task, the "text" start (tokens repeated to fill k vectors).
+INIT_TEXT = " is the review positive or negative ?"  # 10 tokens, one per vector
+PROMPT_SETTINGS = {"size": "small", "task": TASK, "steps": 100, "batch_size": 16,
+                   "eval_limit": 200, "num_virtual_tokens": 10, "init": "vocab"}
+
+
+def prompt_config(setup: dict) -> PromptTuningConfig:
+    """A soft prompt of setup's length and start (Lester et al., 2021, Section 3.2)."""
+    init = setup["init"]
+    return PromptTuningConfig(num_virtual_tokens=setup["num_virtual_tokens"], init=init,
+                              label_words=LABEL_WORDS if init == "labels" else None,
+                              init_text=INIT_TEXT if init == "text" else None)
+
+
+def run_prompt_or_full(setup: dict, seed: int):
+    """A soft prompt at the prompt preset's rate, or full fine-tuning at its own; (model,
+    metrics)."""
+    if setup.get("method", "prompt") == "full":
+        return fine_tune(setup, seed, FullFinetuneConfig(), learning_rate("full"))
+    return fine_tune(setup, seed, prompt_config(setup), learning_rate("prompt"))
+
+
+def run_prompt_cell(setup: dict, seed: int) -> dict[str, float]:
+    return run_prompt_or_full(setup, seed)[1]
+
+
+# --------------------------------------------------------------------------------------
+# Prompt length (Lester et al., 2021, Section 3.2, Figure 3(a))
+# --------------------------------------------------------------------------------------
+PROMPT_LENGTH = Study(
+    name="prompt_length",
+    claim="A longer soft prompt helps up to a point and a few dozen vectors suffice (Lester "
+          "et al., 2021, Figure 3(a): gains stop past 20 tokens; lecture 'GenAI with LLMs "
+          "(4): Parameter-efficient fine-tuning': 20-100 tokens usually suffice).",
+    settings=PROMPT_SETTINGS,
+    cells=tuple({"num_virtual_tokens": k} for k in (1, 5, 10, 20, 50)),
+    run_cell=run_prompt_cell,
+    check_cell={"num_virtual_tokens": 1},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={"num_virtual_tokens=20": "20-100 usually suffice",
+                     "num_virtual_tokens=50": "20-100 usually suffice"},
+)
+
+
+# --------------------------------------------------------------------------------------
+# Prompt initialisation (Lester et al., 2021, Section 3.2, Figure 3(b))
+# --------------------------------------------------------------------------------------
+PROMPT_INIT = Study(
+    name="prompt_init",
+    claim="Starting the prompt from class-label embeddings beats sampled vocabulary, which "
+          "beats random uniform (Lester et al., 2021, Figure 3(b), mostly in smaller models; "
+          "'effect of prompt initialization' in the lecture 'Parameter-efficient "
+          "fine-tuning (PEFT)', CS 4804).",
+    settings=PROMPT_SETTINGS,
+    cells=tuple({"init": init} for init in ("random", "vocab", "labels", "text")),
+    run_cell=run_prompt_cell,
+    check_cell={"init": "labels"},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={"init=random": "worst", "init=vocab": "middle", "init=labels": "best"},
+)
+
+
+# --------------------------------------------------------------------------------------
+# Scale: the gap to full fine-tuning closes with model size (Lester et al., 2021, Figure 1)
+# --------------------------------------------------------------------------------------
+SIZES = ("tiny", "small", "base")
+PROMPT_SCALE = Study(
+    name="prompt_scale",
+    claim="Prompt tuning closes the gap to full fine-tuning as the frozen model grows "
+          "(Lester et al., 2021, Figure 1; 'improvement with scale' in the lecture "
+          "'Parameter-efficient fine-tuning (PEFT)', CS 4804).",
+    settings={key: value for key, value in PROMPT_SETTINGS.items() if key != "size"},
+    cells=tuple({"size": size, "method": method} for size in SIZES
+                for method in ("prompt", "full")),
+    run_cell=run_prompt_cell,
+    check_cell={"size": "tiny", "method": "prompt"},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={"size=base method=prompt": "gap to full FT closes with size"},
+)
+
+
+# --------------------------------------------------------------------------------------
+# Domain shift (Lester et al., 2021, Section 6, Table 2)
+# --------------------------------------------------------------------------------------
+def run_domain_shift_cell(setup: dict, seed: int) -> dict[str, float]:
+    """Trained on sentiment's training reviews; scored on the validation reviews and on the
+    shifted ones (the same format and adjectives about other topics), and the drop
+    between them."""
+    model, metrics = run_prompt_or_full(setup, seed)
+    shift_accuracy = evaluate_task(model, TASK, "shift", limit=setup["eval_limit"])
+    return {**metrics, "shift_accuracy": shift_accuracy,
+            "shift_answer_loss": answer_loss(model, TASK, "shift", limit=setup["eval_limit"]),
+            "accuracy_drop": metrics["accuracy"] - shift_accuracy}
+
+
+# Lester et al., 2021, Table 2 (T5 XXL, accuracy on the eval set, mean ± std over 3 runs),
+# as the lecture 'Parameter-efficient fine-tuning (PEFT)', CS 4804 shows it.
+DOMAIN_SHIFT_LECTURE = {"method=full steps=100": "QQP→MRPC 73.1±0.9 | MRPC→QQP 74.9±1.3",
+                        "method=prompt steps=100": "QQP→MRPC 76.3±0.1 | MRPC→QQP 75.4±0.8"}
+DOMAIN_SHIFT = Study(
+    name="domain_shift",
+    claim="A soft prompt, which leaves the model frozen, transfers to a shifted domain at "
+          "least as well as full fine-tuning (Lester et al., 2021, Section 6, Table 2; "
+          "'resilience to domain shift' in the lecture 'Parameter-efficient fine-tuning "
+          "(PEFT)', CS 4804: model tuning 73.1 vs prompt 76.3 accuracy QQP→MRPC).",
+    settings={key: value for key, value in PROMPT_SETTINGS.items() if key != "steps"},
+    cells=({"method": "prompt", "steps": 100}, {"method": "prompt", "steps": 300},
+           {"method": "full", "steps": 10}, {"method": "full", "steps": 100}),
+    run_cell=run_domain_shift_cell,
+    check_cell={"method": "full", "steps": 10},
+    metric="shift_accuracy",
+    seeds=3,
+    lecture_numbers=DOMAIN_SHIFT_LECTURE,
+)
+
+
+PROMPT_STUDIES = (PROMPT_LENGTH, PROMPT_INIT, PROMPT_SCALE, DOMAIN_SHIFT)
+
+__all__ = ["PROMPT_STUDIES", "prompt_config", "run_prompt_cell", "run_domain_shift_cell"]
