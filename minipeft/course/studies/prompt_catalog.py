@@ -8,18 +8,28 @@ the validation split, the trainable count and share, and the seconds per step.
     prompt_length   small               100     5     3    num_virtual_tokens 1 … 50
     prompt_init     small               100     4     3    random / vocab / labels / text
     prompt_scale    tiny, small, base   100     6     3    model size × prompt or full FT
-    domain_shift    small             40, 100   4     3    prompt vs full FT, also on the
+    domain_shift    small            10 … 300   4     3    prompt vs full FT, also on the
                                                             shifted split
+    prompt_low_data small               100     9     3    prompt / deep prompt / prefix
+                                                            × training-set size
 
 The prompt trains at its preset rate (`learning_rate("prompt")` = 3e-2) with batches of 16,
 the recipe of the method_table study; full fine-tuning at `learning_rate("full")`.
 """
 from __future__ import annotations
 
+import random
+
+import torch
+
 from minipeft.course.studies.catalog import fine_tune
 from minipeft.course.studies.runner import Study
-from minipeft.methods import FullFinetuneConfig, PromptTuningConfig, learning_rate
-from minipeft.train import answer_loss, evaluate_task
+from minipeft.methods import (PRESETS, FullFinetuneConfig, PromptTuningConfig, get_peft_model,
+                              learning_rate)
+from minipeft.pretrained import load_pretrained
+from minipeft.tasks import encode_example, get_task, load_examples
+from minipeft.tokenizer import load_tokenizer
+from minipeft.train import answer_loss, evaluate_task, random_batches, train_loop
 
 TASK = "sentiment"
 LABEL_WORDS = [" positive", " negative"]  # the sentiment task's two answers
@@ -142,6 +152,51 @@ DOMAIN_SHIFT = Study(
 )
 
 
-PROMPT_STUDIES = (PROMPT_LENGTH, PROMPT_INIT, PROMPT_SCALE, DOMAIN_SHIFT)
+# --------------------------------------------------------------------------------------
+# Deep prompts (P-tuning v2) and prefixes against the input prompt, with little data
+# --------------------------------------------------------------------------------------
+def training_subset(n: int, seed: int) -> list:
+    """n training examples of the task, a different draw at each seed."""
+    return random.Random(f"prompt_low_data/{n}/{seed}").sample(load_examples(TASK, "train"), n)
+
+
+def run_low_data_cell(setup: dict, seed: int) -> dict[str, float]:
+    """A method preset at its own rate, trained for `steps` batches drawn from only
+    `train_examples` training reviews."""
+    torch.manual_seed(seed)
+    method = setup["method"]
+    model = get_peft_model(load_pretrained(setup["size"]), PRESETS[method]())
+    tokenizer = load_tokenizer()
+    pairs = [encode_example(ex, tokenizer) for ex in
+             training_subset(setup["train_examples"], seed)]
+    train_loop(model, random_batches(pairs, setup["batch_size"], tokenizer.eos_id, seed),
+               setup["steps"], lr=learning_rate(method), seed=seed, progress=False)
+    limit = setup["eval_limit"]
+    trainable, total = model.count_parameters()
+    return {get_task(TASK).metric: evaluate_task(model, TASK, "validation", limit=limit),
+            "answer_loss": answer_loss(model, TASK, "validation", limit=limit),
+            "trainable": trainable, "trainable_percent": 100 * trainable / total}
+
+
+PROMPT_LOW_DATA = Study(
+    name="prompt_low_data",
+    claim="Prompt tuning is less effective than prefix tuning with little data (lecture "
+          "'Parameter-Efficient Fine-Tuning (PEFT)', T. Chakraborty; Li & Liang, 2021, "
+          "Section 7.1), and prompts at every layer train better than a prompt at the input "
+          "only (P-tuning v2, Liu et al., 2022).",
+    settings={"size": "small", "steps": 100, "batch_size": 16, "eval_limit": 200},
+    cells=tuple({"method": method, "train_examples": n}
+                for method in ("prompt", "deep_prompt", "prefix") for n in (16, 64, 2000)),
+    run_cell=run_low_data_cell,
+    check_cell={"method": "deep_prompt", "train_examples": 16},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={"method=deep_prompt train_examples=2000": "> input prompt",
+                     "method=prefix train_examples=16": "> input prompt in low data",
+                     "method=prefix train_examples=64": "> input prompt in low data"},
+)
+
+
+PROMPT_STUDIES = (PROMPT_LENGTH, PROMPT_INIT, PROMPT_SCALE, DOMAIN_SHIFT, PROMPT_LOW_DATA)
 
 __all__ = ["PROMPT_STUDIES", "prompt_config", "run_prompt_cell", "run_domain_shift_cell"]
