@@ -12,12 +12,15 @@ the validation split, the trainable count and share, and the seconds per step.
                                                             shifted split
     prompt_low_data small               100     9     3    prompt / deep prompt / prefix
                                                             × training-set size
+    spot_transfer   small              30, 100  6     3    target prompt's start: vocabulary,
+                                                            most similar source, mixture
 
 The prompt trains at its preset rate (`learning_rate("prompt")` = 3e-2) with batches of 16,
 the recipe of the method_table study; full fine-tuning at `learning_rate("full")`.
 """
 from __future__ import annotations
 
+import functools
 import random
 
 import torch
@@ -26,6 +29,7 @@ from minipeft.course.studies.catalog import fine_tune
 from minipeft.course.studies.runner import Study
 from minipeft.methods import (PRESETS, FullFinetuneConfig, PromptTuningConfig, get_peft_model,
                               learning_rate)
+from minipeft.methods.spot import most_similar_source, task_similarity, train_prompt
 from minipeft.pretrained import load_pretrained
 from minipeft.tasks import encode_example, get_task, load_examples
 from minipeft.tokenizer import load_tokenizer
@@ -197,6 +201,74 @@ PROMPT_LOW_DATA = Study(
 )
 
 
-PROMPT_STUDIES = (PROMPT_LENGTH, PROMPT_INIT, PROMPT_SCALE, DOMAIN_SHIFT, PROMPT_LOW_DATA)
+# --------------------------------------------------------------------------------------
+# SPoT: start the target prompt from a source task's prompt (Vu et al., 2022)
+# --------------------------------------------------------------------------------------
+SPOT_SOURCES = ("paraphrase", "table2text", "unscramble", "arithmetic")
+QUERY_SEED_OFFSET = 1000  # the brief query prompt starts from other tokens than the sources
+
+
+@functools.lru_cache(maxsize=1)
+def source_prompts(size: str, steps: int, seed: int) -> dict[str, torch.Tensor]:
+    """One prompt per source task and one on their mixture (generic SPoT: each task in
+    proportion to its size), trained at `seed` (kept per process: every cell of a seed
+    starts from the same library)."""
+    base = load_pretrained(size)
+    tasks = {name: name for name in SPOT_SOURCES} | {"mixture": list(SPOT_SOURCES)}
+    return {name: train_prompt(base, task, steps=steps, lr=learning_rate("prompt"),
+                               seed=seed)[0].prompt.detach().clone()
+            for name, task in tasks.items()}
+
+
+def run_spot_cell(setup: dict, seed: int) -> dict[str, float]:
+    """Target prompt tuning on sentiment for `steps` steps, from sampled vocabulary (no
+    transfer), from the source most similar to a brief query prompt (targeted SPoT,
+    Vu et al., 2022, Section 4), or from the mixture's prompt (generic SPoT, Section 3).
+    The targeted cell also records the query's similarity to every source."""
+    start, base = setup["start"], load_pretrained(setup["size"])
+    rate, similarities = learning_rate("prompt"), {}
+    if start == "vocab":
+        init_from = None
+    else:
+        sources = source_prompts(setup["size"], setup["source_steps"], seed)
+        if start == "mixture":
+            init_from = sources["mixture"]
+        else:
+            query = train_prompt(base, TASK, steps=setup["query_steps"], lr=rate,
+                                 seed=seed + QUERY_SEED_OFFSET)[0]
+            singles = {name: sources[name] for name in SPOT_SOURCES}
+            chosen, _ = most_similar_source(query, singles)
+            init_from = singles[chosen]
+            similarities = {f"similarity_{name}": task_similarity(query, prompt)
+                            for name, prompt in singles.items()}
+            similarities["chosen_source"] = SPOT_SOURCES.index(chosen)
+    model, _ = train_prompt(base, TASK, steps=setup["steps"], lr=rate, seed=seed,
+                            init_from=init_from)
+    limit = setup["eval_limit"]
+    return {get_task(TASK).metric: evaluate_task(model, TASK, "validation", limit=limit),
+            "answer_loss": answer_loss(model, TASK, "validation", limit=limit),
+            "trainable": model.count_parameters()[0], **similarities}
+
+
+SPOT_TRANSFER = Study(
+    name="spot_transfer",
+    claim="Starting the target prompt from a source task's prompt (SPoT) beats starting "
+          "from the vocabulary, and a source chosen by prompt similarity beats a generic "
+          "mixture (Vu et al., 2022; lecture 'Parameter-efficient fine-tuning (PEFT)', "
+          "CS 4804).",
+    settings={"size": "small", "source_steps": 60, "query_steps": 10, "eval_limit": 200},
+    cells=tuple({"start": start, "steps": steps} for steps in (30, 100)
+                for start in ("vocab", "targeted", "mixture")),
+    run_cell=run_spot_cell,
+    check_cell={"start": "vocab", "steps": 30},
+    metric="accuracy",
+    seeds=3,
+    lecture_numbers={"start=targeted steps=30": "targeted > generic > no transfer",
+                     "start=targeted steps=100": "targeted > generic > no transfer"},
+)
+
+
+PROMPT_STUDIES = (PROMPT_LENGTH, PROMPT_INIT, PROMPT_SCALE, DOMAIN_SHIFT, PROMPT_LOW_DATA,
+                  SPOT_TRANSFER)
 
 __all__ = ["PROMPT_STUDIES", "prompt_config", "run_prompt_cell", "run_domain_shift_cell"]
