@@ -263,8 +263,8 @@ SPOT_TRANSFER = Study(
     check_cell={"start": "vocab", "steps": 30},
     metric="accuracy",
     seeds=3,
-    lecture_numbers={"start=targeted steps=30": "targeted > generic > no transfer",
-                     "start=targeted steps=100": "targeted > generic > no transfer"},
+    lecture_numbers={"start=mixture steps=100": "SPoT > vocabulary start (Vu et al.)",
+                     "start=targeted steps=100": "SPoT > vocabulary start (Vu et al.)"},
 )
 
 
