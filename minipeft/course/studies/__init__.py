@@ -7,7 +7,7 @@ by the library's own `train`; the table goes to data/results/<study>.json. Start
     python -m minipeft reproduce rank_weight_type [--seeds N] [--jobs N] [--quick]
 
 catalog.py  the studies and what each cell trains
-prompt_catalog.py  the prompt-tuning studies (length, initialisation, scale, domain shift)
+prompt_catalog.py  the prompt-tuning studies (Lester et al., 2021; P-tuning v2; SPoT)
 runner.py   running a study (one torch thread per cell, resumable, optional worker processes)
 results.py  the file format, its strict reader, and the seed-spread summaries (`differs`)
 

@@ -1,8 +1,9 @@
 """The prompt-tuning studies: Lester et al.'s (2021) claims about soft prompts, over seeds.
 
-Every cell trains a soft prompt (or, for reference, the whole model) on sentiment with the
-library's own `train`, from a pretrained checkpoint, and reports accuracy and answer loss on
-the validation split, the trainable count and share, and the seconds per step.
+Every cell trains a soft prompt (or, for reference, the whole model or another input
+composition) on sentiment from a pretrained checkpoint, and reports accuracy and answer loss
+on the validation split and the trainable count; the cells that go through catalog's
+`fine_tune` also the trainable share and the seconds per step.
 
     study           size               steps  cells  seeds  what varies
     prompt_length   small               100     5     3    num_virtual_tokens 1 … 50
