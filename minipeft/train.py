@@ -201,8 +201,14 @@ def train_loop(
     check_precision(precision, device)
     warmup = max(1, steps // 10) if warmup is None else warmup
     with private_rng(seed, device):  # the caller's generators are given back untouched
+        if param_groups is not None:  # lists, so they can be read twice (order and optimizer)
+            param_groups = [{**group, "params": list(group["params"])} for group in param_groups]
+        # Clipping sums the gradients' norms in the order the tensors were given (the model's,
+        # or the caller's groups), not in make_optimizer's matrices-then-vectors regrouping:
+        # the last bit of that sum, and so of every run, depends on the order.
+        trainable = ([p for p in model.parameters() if p.requires_grad] if param_groups is None
+                     else [p for group in param_groups for p in group["params"]])
         optimizer = make_optimizer(model, lr, weight_decay, param_groups, decay_vectors)
-        trainable = [p for g in optimizer.param_groups for p in g["params"]]
         run = {"steps": steps, "lr": lr, "warmup": warmup, "weight_decay": weight_decay,
                "grad_clip": grad_clip, "seed": seed}
         result = TrainResult()
