@@ -315,7 +315,8 @@ def test_the_deck_presents_offline_in_chromium(browser, deck):
     # figures decoded, the theme's font loaded from slides/, no script error
     assert browser.js("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0))"
                       ".map(i => i.src.slice(0, 60))") == []
-    assert browser.js("document.images.length") > 0
+    if '"image/png"' in notebook.read_text():  # a notebook with figures gives a deck with some
+        assert browser.js("document.images.length") > 0
     assert browser.js("[...document.fonts].some(f => f.family.includes('Source Sans Pro')"
                       " && f.status === 'loaded')")
     assert browser.js("[...document.fonts].filter(f => f.status === 'error').length") == 0
