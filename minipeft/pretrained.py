@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from minipeft.checks import check_positive_int
+from minipeft.device import resolve_device
 from minipeft.files import atomic_write_bytes, safetensors_bytes
 from minipeft.model import GPT, GPTConfig
 from minipeft.paths import CHECKPOINT_DIR
@@ -66,18 +67,6 @@ def corpus_tokens(n_documents: int, seed: int, tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def check_device(device: str) -> torch.device:
-    """`device` as a torch.device, or one clear error if this machine does not have it."""
-    try:
-        checked = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use 'cpu' or 'cuda'") from err
-    if checked.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch build has no usable "
-                         "GPU; pretrain on 'cpu' instead")
-    return checked
-
-
 def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool = True,
              device: str = "cpu", checkpoint_dir: str | Path | None = None,
              checkpoint_every: int | None = None, resume: bool = False) -> tuple[GPT, dict]:
@@ -92,7 +81,7 @@ def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool 
 
     spec = recipe(name)
     steps = spec.steps if steps is None else check_positive_int(steps, "steps")
-    target = check_device(device)
+    target = resolve_device(device)
     tokenizer = load_tokenizer()
     if tokenizer.vocab_size != spec.config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, config expects "
@@ -118,7 +107,7 @@ def pretrain(name: str, steps: int | None = None, seed: int = 0, progress: bool 
         "uniform_loss_lnV": math.log(spec.config.vocab_size),
         "seconds": round(result.seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "device": (torch.cuda.get_device_name(target) if target.type == "cuda" else "cpu"),
+        "device": (torch.cuda.get_device_name(target) if target.type == "cuda" else target.type),
         "torch": torch.__version__,
     }
     return model, report

@@ -123,13 +123,13 @@ def test_pretraining_is_deterministic():
 
 
 def test_an_unknown_device_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown device 'gpu'.*use 'cpu' or 'cuda'"):
+    with pytest.raises(ValueError, match=r"unknown device 'gpu'.*use auto, cpu or cuda"):
         pretrain("tiny", steps=1, device="gpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(ValueError, match="no usable GPU"):
+    with pytest.raises(ValueError, match="no usable CUDA GPU"):
         pretrain("tiny", steps=1, device="cuda")
 
 
