@@ -12,6 +12,9 @@ import resource
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
+
+from minipeft.device import model_device
 
 # ---- rank and spectra ------------------------------------------------------------------
 # Hu et al. (2021, §7) ask how low the rank of a useful update ΔW really is; these functions
@@ -82,6 +85,33 @@ def subspace_similarity(A1: torch.Tensor, A2: torch.Tensor, i: int, j: int) -> f
 # the vocabulary tokens whose embeddings point the same way.
 
 
+def token_embeddings(model) -> torch.Tensor:
+    """E (V, d) of a GPT or of a PEFT model wrapping one (detached)."""
+    return getattr(model, "base_model", model).tok_emb.weight.detach()
+
+
+def check_vectors(vectors: torch.Tensor, embedding: torch.Tensor, name: str = "vectors"
+                  ) -> torch.Tensor:
+    """`vectors` as a float (n, d) tensor on E's device, or one clear error."""
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 \
+            or vectors.shape[1] != embedding.shape[1]:
+        shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors)
+        raise ValueError(f"{name} must be an (n, {embedding.shape[1]}) tensor, as wide as the "
+                         f"token embeddings, got {shape}")
+    return vectors.detach().float().to(embedding.device)
+
+
+def check_k(k: int, vocab_size: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab_size:
+        raise ValueError(f"k must be an int in 1..{vocab_size} (the vocabulary size), got {k!r}")
+
+
+def cosine_to_vocabulary(vectors: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """cos(p_i, e_v) for every vector and token: (n, V)."""
+    vectors = check_vectors(vectors, embedding)
+    return F.normalize(vectors, dim=1) @ F.normalize(embedding.float(), dim=1).T
+
+
 @torch.no_grad()
 def nearest_tokens(vectors: torch.Tensor, model, tokenizer, k: int = 5
                    ) -> list[list[tuple[str, float]]]:
@@ -91,15 +121,9 @@ def nearest_tokens(vectors: torch.Tensor, model, tokenizer, k: int = 5
     Returns n lists of (token text, cosine), most similar first. `model` is a GPT or a
     PEFT model wrapping one.
     """
-    embedding = getattr(model, "base_model", model).tok_emb.weight  # E: (V, d)
-    if vectors.dim() != 2 or vectors.shape[1] != embedding.shape[1]:
-        raise ValueError(f"vectors must be (n, {embedding.shape[1]}) to compare with the token "
-                         f"embeddings, got shape {tuple(vectors.shape)}")
-    if not 1 <= k <= embedding.shape[0]:
-        raise ValueError(f"k must be in 1..{embedding.shape[0]} (the vocabulary size), got {k}")
-    cosine = (torch.nn.functional.normalize(vectors.detach().float().to(embedding.device), dim=1)
-              @ torch.nn.functional.normalize(embedding.float(), dim=1).T)  # (n, V)
-    scores, ids = cosine.topk(k, dim=1)
+    embedding = token_embeddings(model)  # E: (V, d)
+    check_k(k, embedding.shape[0])
+    scores, ids = cosine_to_vocabulary(vectors, embedding).topk(k, dim=1)
     return [[(tokenizer.token_text(i), s) for i, s in zip(row_ids, row_scores)]
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
 
@@ -180,7 +204,7 @@ def memory_anatomy(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tens
     the forward pass keeps for backward, except the model's own parameters and buffers.
     """
     model = copy.deepcopy(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     inputs, targets = (t.to(device) for t in batch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:

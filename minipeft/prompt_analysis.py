@@ -25,36 +25,13 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
+# The nearest-token primitives live beside analysis.nearest_tokens; token_embeddings is
+# re-exported, so `from minipeft.prompt_analysis import token_embeddings` keeps working.
+from minipeft.analysis import (check_k, check_vectors, cosine_to_vocabulary,  # noqa: F401
+                               token_embeddings)
 from minipeft.corpus import word_categories
 
 UNCATEGORISED = -1  # category index of a token that is no word of the corpus' categories
-
-
-def token_embeddings(model) -> torch.Tensor:
-    """E (V, d) of a GPT or of a PEFT model wrapping one (detached)."""
-    return getattr(model, "base_model", model).tok_emb.weight.detach()
-
-
-def check_vectors(vectors: torch.Tensor, embedding: torch.Tensor, name: str = "vectors"
-                  ) -> torch.Tensor:
-    """`vectors` as a float (n, d) tensor on E's device, or one clear error."""
-    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 \
-            or vectors.shape[1] != embedding.shape[1]:
-        shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors)
-        raise ValueError(f"{name} must be an (n, {embedding.shape[1]}) tensor, as wide as the "
-                         f"token embeddings, got {shape}")
-    return vectors.detach().float().to(embedding.device)
-
-
-def check_k(k: int, vocab_size: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab_size:
-        raise ValueError(f"k must be an int in 1..{vocab_size} (the vocabulary size), got {k!r}")
-
-
-def cosine_to_vocabulary(vectors: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-    """cos(p_i, e_v) for every vector and token: (n, V)."""
-    vectors = check_vectors(vectors, embedding)
-    return F.normalize(vectors, dim=1) @ F.normalize(embedding.float(), dim=1).T
 
 
 def nearest_token_ids(vectors: torch.Tensor, embedding: torch.Tensor, k: int = 5

@@ -49,6 +49,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from minipeft.device import model_device
+
 
 def flat_concat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """All tensors as one vector, in dict order: the 'global' index space of the masks."""
@@ -110,7 +112,7 @@ def sample_answer(model: nn.Module, prompt_ids: list[int], length: int,
                   generator: torch.Generator) -> list[int]:
     """`length` tokens sampled from the model after the prompt: y ~ p_θ(· | x)."""
     ids = list(prompt_ids)
-    device = next(model.parameters()).device
+    device = model_device(model)
     for _ in range(length):
         logits = model(torch.tensor([ids], device=device)).logits[0, -1]  # (V,)
         probabilities = F.softmax(logits.float(), dim=-1).cpu()  # the generator is a CPU one
@@ -148,7 +150,7 @@ def compute_fisher(model: nn.Module, examples: list, tokenizer, n_samples: int =
     params = {n: owned[n].detach().requires_grad_() for n in names}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     for i in range(n_samples):
