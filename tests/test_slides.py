@@ -88,6 +88,51 @@ def test_slideshow_metadata_chooses_slides_fragments_notes_and_skips(tmp_path):
     assert html.index("a detail below") < html.index("continues the slide above")
 
 
+def figure_cell(source):
+    """A code cell with a (1-pixel) PNG output, as matplotlib leaves one."""
+    cell = nbformat.v4.new_code_cell(source)
+    cell.outputs = [nbformat.v4.new_output(
+        "display_data", data={"image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+                              "text/plain": "<Figure>"})]
+    return cell
+
+
+def printing_cell(lines):
+    cell = nbformat.v4.new_code_cell("\n".join(f"line_{i} = {i}" for i in range(lines - 1))
+                                     + "\nprint(result)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="the result\n")]
+    return cell
+
+
+def folded_code(html):
+    return re.findall(r'<details class="deck-code"><summary>code</summary>(.*?)</details>',
+                      html, re.S)
+
+
+def test_a_figures_code_is_folded_and_short_code_is_shown(tmp_path):
+    html = toy_deck(tmp_path, [markdown("# Title"), figure_cell("plt.plot(spectrum)"),
+                               printing_cell(2)])
+    [folded] = folded_code(html)
+    assert "spectrum" in folded  # the plotting code, one click away
+    assert "line_0" not in folded and "line_0" in html  # short code stays in view
+    assert "data:image/png;base64" in html[html.index(folded) + len(folded):]  # the figure
+
+
+def test_long_code_with_an_output_is_folded_and_its_output_shown(tmp_path):
+    html = toy_deck(tmp_path, [markdown("# Title"), printing_cell(7),
+                               nbformat.v4.new_code_cell("\n".join(["x = 1"] * 9))])
+    [folded] = folded_code(html)  # 7 lines with an output; 9 lines without one stay shown
+    assert "line_5" in folded and "the result" in html.split("</details>")[-1]
+
+
+def test_a_live_only_cell_is_left_out_of_the_deck(tmp_path):
+    slider = nbformat.v4.new_code_cell("interact(draw_spectrum, r=(1, 64))")
+    slider.metadata["tags"] = ["live-only", "nbval-ignore-output"]
+    slider.metadata["slideshow"] = {"slide_type": "fragment"}
+    html = toy_deck(tmp_path, [markdown("# Title"), slider, markdown("after the slider")])
+    assert "draw_spectrum" not in html and "after the slider" in html
+
+
 def test_an_unknown_slide_type_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cell 1.*'slides'.*slide, subslide"):
         toy_deck(tmp_path, [markdown("# Title"), markdown("x", "slides")])

@@ -14,6 +14,13 @@ with a `#` or `##` heading, which opens one; a markdown cell with such a heading
 is split there (in the deck only). So a notebook with no slideshow metadata at all still gives
 one slide per heading.
 
+Two rules keep code from crowding the slides:
+- a code cell that draws a figure, or prints a result from more than FOLD_LINES lines of
+  code, shows its output; its code is folded under a "code" line that opens on a click (a
+  <details> element: no script needed). Short code stays in view: it is often the point;
+- a cell tagged `live-only` (Jupyter's `metadata.tags`) is left out of the static deck: it
+  is for presenting live with RISE, e.g. an ipywidgets slider, which needs a running kernel.
+
 Decks present offline: nothing is fetched when one is opened.
 - reveal.js (script, theme, fonts, speaker-notes plugin) is copied into slides/reveal.js/
   from the PyPI package sphinx-revealjs, which ships reveal.js's release files;
@@ -39,6 +46,10 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SLIDES_DIR = REPO_ROOT / "slides"
 SLIDE_HEADING = re.compile(r"##? ")  # a markdown line starting like this opens a slide
 SLIDE_TYPES = ("slide", "subslide", "fragment", "-", "skip", "notes")
+LIVE_ONLY_TAG = "live-only"  # a cell only RISE's live presentation shows
+FIGURE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
+FOLD_LINES = 6  # longer code that has an output is folded in the deck
+FOLDED_CODE = "deck_folded_code"  # deck-only cell metadata: fold this cell's code
 SHARED_CSS = "notebook.css"
 STYLE_RUN = re.compile(r"(?:<style[^>]*>.*?</style>\s*)+", re.S)  # adjacent <style> blocks
 STYLE_TEXT = re.compile(r"<style[^>]*>(.*?)</style>", re.S)
@@ -93,6 +104,7 @@ a.anchor-link { display: none; }
               box-shadow: none; margin: 0.2em 0; }
 .reveal .jp-Cell pre { font-size: var(--jp-code-font-size); line-height: 1.35; }
 .reveal section img { max-height: 480px; margin: 0.2em 0; }
+details.deck-code > summary { font-size: 16px; color: #777; cursor: pointer; }
 math { font-family: "Latin Modern Math", "STIX Two Math", "Cambria Math",
        "DejaVu Math TeX Gyre", math; }
 math[display="block"] { margin: 0.4em 0; }
@@ -128,6 +140,15 @@ DECK_TEMPLATE = """\
 <div class="reveal">
 <div class="slides">
 {%- endblock body_header -%}
+{%- block input_group -%}
+{%- if cell.metadata.get("FOLDED") -%}
+<details class="deck-code"><summary>code</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock input_group -%}
 {%- block body_footer -%}
 </div>
 </div>
@@ -145,7 +166,7 @@ Reveal.initialize({
 {%- block footer -%}
 </html>
 {% endblock footer -%}
-""".replace("REVEAL", REVEAL_DIR)
+""".replace("REVEAL", REVEAL_DIR).replace("FOLDED", FOLDED_CODE)
 
 
 def heading_lines(source: str) -> list[int]:
@@ -195,11 +216,25 @@ def split_at_headings(cell) -> list:
     return cells
 
 
+def folds_its_code(cell) -> bool:
+    """True for a code cell whose output is the point: a figure, or long code's result."""
+    if cell.cell_type != "code" or not cell.outputs:
+        return False
+    draws = any(kind in output.get("data", {}) for output in cell.outputs
+                for kind in FIGURE_TYPES)
+    return draws or len(cell.source.strip().splitlines()) > FOLD_LINES
+
+
 def deck_cells(notebook, path: Path) -> list:
-    """The notebook's cells, split at headings, each with the slide_type the deck uses."""
+    """The notebook's cells, split at headings, each with the slide_type the deck uses; a
+    figure's (or long result's) code marked to be folded, live-only cells skipped."""
     cells = []
     for index, cell in enumerate(notebook.cells):
         given = given_slide_type(cell, index, path)
+        if LIVE_ONLY_TAG in cell.metadata.get("tags", []):
+            given = "skip"
+        if folds_its_code(cell):
+            cell.metadata[FOLDED_CODE] = True
         pieces = [cell]
         if cell.cell_type == "markdown" and given not in ("skip", "notes"):
             pieces = split_at_headings(cell)
