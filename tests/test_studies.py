@@ -16,7 +16,7 @@ from minipeft.course.studies import (STUDIES, Study, cell_label, check_reproduce
                                      format_table, ranking, read_results, run_study,
                                      summarize, write_results)
 from minipeft.course.studies.catalog import bias_changes, rank_lecture_numbers
-from minipeft.course.studies.results import summarize_values
+from minipeft.course.studies.results import seed_bars, summarize_values
 from minipeft.course.studies.runner import one_thread
 
 A, B, C = {"r": 1, "targets": ["q"]}, {"r": 8, "targets": ["q", "v"]}, {"r": 64, "targets": ["v"]}
@@ -48,6 +48,14 @@ def test_summarize_picks_one_cell_and_metric_from_the_rows():
     assert summarize(rows, A, "loss").mean == 6.0
     with pytest.raises(ValueError, match="no rows for cell 'r=64 targets=v'"):
         summarize(rows, C, "accuracy")
+
+
+def test_seed_bars_reach_from_each_mean_to_the_seed_minimum_and_maximum():
+    rows = rows_for([(A, [0.1, 0.3, 0.5]), (B, [2.0, 3.0, 7.0])])
+    means, (below, above) = seed_bars(rows, [A, B], "accuracy")
+    # A: mean 0.3, min 0.1, max 0.5;  B: mean 4, min 2, max 7
+    assert means == pytest.approx([0.3, 4.0])
+    assert below == pytest.approx([0.2, 2.0]) and above == pytest.approx([0.2, 3.0])
 
 
 def test_differs_only_when_the_seed_ranges_do_not_overlap():

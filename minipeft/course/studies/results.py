@@ -146,6 +146,16 @@ def summarize(rows: list[dict], cell: dict, metric: str) -> Summary:
     return summarize_values(values_of(rows, cell, metric))
 
 
+def seed_bars(rows: list[dict], cells: list[dict],
+              metric: str) -> tuple[list[float], list[list[float]]]:
+    """Each cell's mean and its bar down to the seed minimum and up to the maximum, in the
+    shape matplotlib's errorbar takes: (means, [below, above]). The bars show the same
+    min–max ranges that `differs` compares."""
+    summaries = [summarize(rows, cell, metric) for cell in cells]
+    return ([s.mean for s in summaries],
+            [[s.mean - s.min for s in summaries], [s.max - s.mean for s in summaries]])
+
+
 @dataclass(frozen=True)
 class Comparison:
     beyond_noise: bool
@@ -197,5 +207,5 @@ def format_table(rows: list[dict], cells: list[dict], metric: str,
 
 
 __all__ = ["TIMING_METRICS", "cell_label", "write_results", "read_results", "check_document",
-           "Summary", "summarize_values", "values_of", "summarize", "Comparison", "differs",
-           "ranking", "format_table"]
+           "Summary", "summarize_values", "values_of", "summarize", "seed_bars", "Comparison",
+           "differs", "ranking", "format_table"]
