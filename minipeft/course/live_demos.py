@@ -208,6 +208,7 @@ def draw_prompt_scores(ax, scores: dict, k: int) -> list[float]:
             label=f"k = {k}: {scores['prompt'][str(k)]['accuracy']:.3f}")
     ax.axhline(0.5, color="grey", ls=":", label="chance")
     ax.set_xscale("log")
+    ax.set_xticks(lengths, [str(length) for length in lengths])
     ax.set(ylim=(0.4, 1.0), title="validation accuracy after 100 steps (seed 0)",
            xlabel="prompt length k (vectors)", ylabel="validation accuracy")
     ax.legend(fontsize=8)
