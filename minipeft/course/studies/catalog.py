@@ -10,13 +10,15 @@ the machine).
     rank_weight_type  unscramble   150     27     3    LoRA rank r × which attention matrices
     attention_vs_mlp  unscramble   150      6     5    attention / MLP / all at equal budget
     bitfit_biases     sentiment    100      4     5    which biases train (and full FT)
-    mask_budgets      sentiment     80     18     3    mask selector × budget; Fisher samples
+    mask_budgets      sentiment     80     20     3    mask selector × budget; Fisher samples
+                                                        and labels; FISH at random's rate
     method_table      sentiment,   100     46     3    every method preset
                       unscramble
     forgetting        unscramble  40, 160   8     3    full FT vs LoRA r: task vs pretraining loss
     monteclora_lr     sentiment    100     12     3    LoRA vs MonteCLoRA, lr 1e-4 … 3e-2
     icl_order         unscramble     —      6     5    orders of the same k shots (no training)
-    adapters          unscramble   150     14     3    placement × bottleneck; learning rate
+    adapters          unscramble   150     23     3    placement × bottleneck; adapter vs full
+                                                        FT across rates and training-set sizes
     adalora_dora      unscramble   150      6     3    AdaLoRA vs LoRA; DoRA's ΔM against ΔD
     lorahub           sentiment     50      5     3    LoraHub vs LoRA on 5 or 20 examples
 
