@@ -475,8 +475,8 @@ HOULSBY_RATE, FULL_RATE = learning_rate("houlsby"), learning_rate("full")  # 3e-
 FULL_RATES = (3e-4, FULL_RATE, 3e-3)
 # Sample efficiency (Mahabadi et al., 2021): each method at its own rate trained on n of
 # the 2,000 training examples (a seeded draw per seed) for the same 150 steps, so only the
-# data changes, not the number of updates; the all-data points are the Houlsby r = 16 cell
-# of the placement grid and full fine-tuning at its rate.
+# data changes, not the number of updates; the all-data points are the placement grid's
+# Houlsby cell at reduction factor 16 and full fine-tuning at its rate.
 TRAIN_SIZES = (16, 64, 256)
 HOULSBY_16 = {"placement": "houlsby", "reduction_factor": 16}
 ADAPTERS = Study(
