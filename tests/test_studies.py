@@ -15,9 +15,12 @@ from minipeft.__main__ import main
 from minipeft.course.studies import (STUDIES, Study, cell_label, check_reproduces, differs,
                                      format_table, ranking, read_results, run_study,
                                      summarize, write_results)
-from minipeft.course.studies.catalog import bias_changes, rank_lecture_numbers
+from minipeft.course.studies.catalog import (ADAPTERS, bias_changes, fine_tune,
+                                             rank_lecture_numbers)
 from minipeft.course.studies.results import seed_bars, summarize_values
 from minipeft.course.studies.runner import one_thread
+from minipeft.methods import AdapterConfig
+from minipeft.tasks import load_examples
 
 A, B, C = {"r": 1, "targets": ["q"]}, {"r": 8, "targets": ["q", "v"]}, {"r": 64, "targets": ["v"]}
 
@@ -97,6 +100,19 @@ def test_bias_changes_average_each_type_over_blocks():
               "blocks.0.attn.q.weight": torch.ones(2, 2),  # a weight is not a bias
               "ln_f.bias": torch.tensor([9.0])}  # outside the blocks
     assert bias_changes(deltas) == {"delta_b_q": 2.0, "delta_b_fc": 0.5}
+
+
+@pytest.mark.slow
+def test_training_on_listed_examples_is_trains_own_recipe():
+    """A study's subset cells train on a list of examples; given every training example that
+    path must give `train`'s own numbers, so subset and all-data cells differ only in data."""
+    setup = {**ADAPTERS.settings, "steps": 3, "eval_limit": 8}
+    with one_thread():
+        whole = fine_tune(setup, 0, AdapterConfig(), 3e-3)[1]
+        listed = fine_tune(setup, 0, AdapterConfig(), 3e-3,
+                           load_examples(setup["task"], "train"))[1]
+    del whole["step_seconds"], listed["step_seconds"]
+    assert listed == whole
 
 
 def test_lecture_numbers_are_hu_et_al_table_6_and_table_5():

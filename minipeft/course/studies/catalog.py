@@ -10,13 +10,15 @@ the machine).
     rank_weight_type  unscramble   150     27     3    LoRA rank r × which attention matrices
     attention_vs_mlp  unscramble   150      6     5    attention / MLP / all at equal budget
     bitfit_biases     sentiment    100      4     5    which biases train (and full FT)
-    mask_budgets      sentiment     80     18     3    mask selector × budget; Fisher samples
+    mask_budgets      sentiment     80     20     3    mask selector × budget; Fisher samples
+                                                        and labels; FISH at random's rate
     method_table      sentiment,   100     46     3    every method preset
                       unscramble
     forgetting        unscramble  40, 160   8     3    full FT vs LoRA r: task vs pretraining loss
     monteclora_lr     sentiment    100     12     3    LoRA vs MonteCLoRA, lr 1e-4 … 3e-2
     icl_order         unscramble     —      6     5    orders of the same k shots (no training)
-    adapters          unscramble   150     14     3    placement × bottleneck; learning rate
+    adapters          unscramble   150     23     3    placement × bottleneck; adapter vs full
+                                                        FT across rates and training-set sizes
     adalora_dora      unscramble   150      6     3    AdaLoRA vs LoRA; DoRA's ΔM against ΔD
     lorahub           sentiment     50      5     3    LoraHub vs LoRA on 5 or 20 examples
 
@@ -47,13 +49,24 @@ from minipeft.train import (NonFiniteLossError, answer_loss, evaluate_task,
                             generate_answers, lm_loss, random_batches, train, train_loop)
 
 
-def fine_tune(setup: dict, seed: int, config, lr: float):
-    """Train `config` on setup's task from the pretrained checkpoint; (model, metrics)."""
+def training_subset(task: str, n: int, seed: int, study: str) -> list:
+    """n training examples of `task`, a different draw at each seed; the draw is named after
+    the study, so two studies' subsets are independent and a stored table keeps its own."""
+    return random.Random(f"{study}/{n}/{seed}").sample(load_examples(task, "train"), n)
+
+
+def fine_tune(setup: dict, seed: int, config, lr: float, examples: list | None = None):
+    """Train `config` on setup's task from the pretrained checkpoint, on all its training
+    examples or only on `examples` (the same batch size, steps and sampler); (model,
+    metrics)."""
     torch.manual_seed(seed)  # the seed also fixes φ's random initialisation
     model = get_peft_model(load_pretrained(setup["size"]), config)
     task, steps = setup["task"], setup["steps"]
-    result = train(model, task, steps=steps, lr=lr, batch_size=setup["batch_size"],
-                   eval_limit=setup["eval_limit"], seed=seed, progress=False)
+    if examples is None:
+        result = train(model, task, steps=steps, lr=lr, batch_size=setup["batch_size"],
+                       eval_limit=setup["eval_limit"], seed=seed, progress=False)
+    else:
+        result = train_on_examples(model, setup, examples, lr, seed)
     trainable, total = model.count_parameters()
     return model, {
         get_task(task).metric: result.final_metric,
@@ -62,6 +75,18 @@ def fine_tune(setup: dict, seed: int, config, lr: float):
         "trainable_percent": 100 * trainable / total,
         "step_seconds": result.seconds / steps,
     }
+
+
+def train_on_examples(model, setup: dict, examples: list, lr: float, seed: int):
+    """`train`'s loop (random batches with replacement, evaluation at the end) over the
+    given examples only."""
+    tokenizer, task = load_tokenizer(), setup["task"]
+    pairs = [encode_example(example, tokenizer) for example in examples]
+    return train_loop(
+        model, random_batches(pairs, setup["batch_size"], tokenizer.eos_id, seed),
+        setup["steps"], lr=lr, seed=seed, progress=False,
+        evaluate=lambda: evaluate_task(model, task, "validation", tokenizer,
+                                       setup["eval_limit"]))
 
 
 # --------------------------------------------------------------------------------------
@@ -200,22 +225,31 @@ BITFIT_BIASES = Study(
 MASK_SELECTORS = ("fisher", "pafi", "random", "magnitude", "id3")
 BUDGETS = (0.001, 0.005, 0.02)
 # Each selector fine-tunes at its preset's rate; magnitude pruning, like PaFi and random,
-# at 1e-2 (a few entries each carry much of the update).
-MASK_RATES = {"fisher": learning_rate("fish"), "pafi": learning_rate("pafi"),
-              "random": learning_rate("random_mask"), "id3": learning_rate("id3"),
-              "magnitude": 1e-2, "bitfit": learning_rate("bitfit")}
+# at 1e-2 (a few entries each carry much of the update); the gold-label Fisher at FISH's.
+MASK_RATES = {"fisher": learning_rate("fish"), "fisher_gold": learning_rate("fish"),
+              "pafi": learning_rate("pafi"), "random": learning_rate("random_mask"),
+              "id3": learning_rate("id3"), "magnitude": 1e-2, "bitfit": learning_rate("bitfit")}
+# At 2% FISH (at its 3e-3) scores below the random mask (at 1e-2): the selector or the
+# rate? One cell answers it: FISH's mask trained at random's rate. If it then matches the
+# random mask, the gap was the rate; if it stays below, it is the selector.
+FISH_AT_RANDOM_RATE = {"selector": "fisher", "budget": 0.02, "lr": MASK_RATES["random"]}
+# The Fisher's labels: sampled from the model (FISH, Sung et al., 2021, the `fisher` cells)
+# or the gold answers (the "empirical Fisher"), at the middle budget.
+GOLD_FISHER = {"selector": "fisher_gold", "budget": 0.005}
 
 
 def run_mask_cell(setup: dict, seed: int) -> dict[str, float]:
     """A sparse mask at a budget (its own randomness seeded by the run's seed), or BitFit,
-    whose budget is fixed by the architecture (5,760 biases: 0.54% of `small`)."""
+    whose budget is fixed by the architecture (5,760 biases: 0.54% of `small`); at the
+    selector's rate (MASK_RATES) unless the cell names its own `lr`."""
     selector = setup["selector"]
     if selector == "bitfit":
         config = BitFitConfig()
     else:
         config = MaskConfig(selector=selector, budget=setup["budget"], seed=seed,
                             task=setup["task"], n_samples=setup["n_samples"])
-    return fine_tune(setup, seed, config, MASK_RATES[selector])[1]
+    lr = setup["lr"] if "lr" in setup else MASK_RATES[selector]
+    return fine_tune(setup, seed, config, lr)[1]
 
 
 MASK_BUDGETS = Study(
@@ -229,7 +263,8 @@ MASK_BUDGETS = Study(
     cells=tuple({"selector": s, "budget": b} for s in MASK_SELECTORS for b in BUDGETS)
     + ({"selector": "bitfit"},
        {"selector": "fisher", "budget": 0.005, "n_samples": 32},
-       {"selector": "fisher", "budget": 0.005, "n_samples": 128}),
+       {"selector": "fisher", "budget": 0.005, "n_samples": 128},
+       FISH_AT_RANDOM_RATE, GOLD_FISHER),
     run_cell=run_mask_cell,
     check_cell={"selector": "random", "budget": 0.001},
     metric="accuracy",
@@ -408,35 +443,68 @@ ICL_ORDER = Study(
 )
 
 
-# --------------------------------------------------------------------------------------
-# Adapters: placement × bottleneck, and the learning rate (Houlsby, Pfeiffer, He et al.)
+# Adapters: placement × bottleneck, and against full fine-tuning across learning rates and
+# training-set sizes (Houlsby, Pfeiffer, He et al.; He et al., 2021; Mahabadi et al., 2021)
 # --------------------------------------------------------------------------------------
 def run_adapter_cell(setup: dict, seed: int) -> dict[str, float]:
-    """A bottleneck adapter of width d_model / reduction_factor at a placement; the
-    parallel adapter with He et al.'s scale s = 4, as its preset."""
-    scale = 4.0 if setup["placement"] == "parallel" else 1.0
-    config = AdapterConfig(placement=setup["placement"],
-                           reduction_factor=setup["reduction_factor"], scale=scale)
-    return fine_tune(setup, seed, config, setup["lr"])[1]
+    """A bottleneck adapter of width d_model / reduction_factor at a placement (the parallel
+    adapter with He et al.'s scale s = 4, as its preset), or full fine-tuning; on every
+    training example or on `train_examples` of them. A run whose loss turns NaN or infinite
+    is recorded as diverged = 1 with no other metric."""
+    if setup["method"] == "full":
+        config = FullFinetuneConfig()
+    else:
+        scale = 4.0 if setup["placement"] == "parallel" else 1.0
+        config = AdapterConfig(placement=setup["placement"],
+                               reduction_factor=setup["reduction_factor"], scale=scale)
+    examples = (training_subset(setup["task"], setup["train_examples"], seed, "adapters")
+                if "train_examples" in setup else None)
+    try:
+        metrics = fine_tune(setup, seed, config, setup["lr"], examples)[1]
+    except NonFiniteLossError:
+        return {"diverged": 1.0}
+    return {**metrics, "diverged": 0.0}
 
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel", "io")
+HOULSBY_RATE, FULL_RATE = learning_rate("houlsby"), learning_rate("full")  # 3e-3, 1e-3
+# Robustness to the rate (He et al., 2021): each method at its own rate and at about a
+# third and three times it. The Houlsby cells sit at 1e-3, 3e-3, 1e-2 (× 1/3, 1, 10/3);
+# full fine-tuning at 3e-4, 1e-3, 3e-3 (× 0.3, 1, 3): the same spread on the same 1-3-10
+# grid, so the two curves compare rate ratios, not absolute rates.
+FULL_RATES = (3e-4, FULL_RATE, 3e-3)
+# Sample efficiency (Mahabadi et al., 2021): each method at its own rate trained on n of
+# the 2,000 training examples (a seeded draw per seed) for the same 150 steps, so only the
+# data changes, not the number of updates; the all-data points are the placement grid's
+# Houlsby cell at reduction factor 16 and full fine-tuning at its rate.
+TRAIN_SIZES = (16, 64, 256)
+HOULSBY_16 = {"placement": "houlsby", "reduction_factor": 16}
 ADAPTERS = Study(
     name="adapters",
     claim="Where the adapter sits and how wide its bottleneck is trade trainable parameters "
           "for quality (Houlsby et al., 2019; Pfeiffer et al., 2021; He et al., 2022; "
           "lecture 'Parameter Efficient Fine Tuning: Blazing fast fine-tuning!': Houlsby "
-          "adapters, 2 per block, best quality at < 3% of the parameters).",
+          "adapters, 2 per block, best quality at < 3% of the parameters); adapters are more "
+          "robust to the learning rate than full fine-tuning and better with few training "
+          "examples ('Benefits of adapters' in ATNLP Lecture 8, 'Parameter-efficient "
+          "Finetuning'; He et al., 2021; Han et al., 2021; Mahabadi et al., 2021).",
     settings={"size": "small", "task": "unscramble", "steps": 150, "batch_size": 16,
-              "eval_limit": 200, "lr": learning_rate("houlsby")},
+              "eval_limit": 200, "method": "adapter", "lr": HOULSBY_RATE},
     cells=tuple({"placement": placement, "reduction_factor": factor}
                 for placement in PLACEMENTS for factor in (4, 16, 64))
-    + tuple({"placement": "houlsby", "reduction_factor": 16, "lr": lr} for lr in (1e-3, 1e-2)),
+    + tuple({**HOULSBY_16, "lr": lr} for lr in (1e-3, 1e-2))
+    + tuple({"method": "full", "lr": lr} for lr in FULL_RATES)
+    + tuple({**HOULSBY_16, "train_examples": n} for n in TRAIN_SIZES)
+    + tuple({"method": "full", "lr": FULL_RATE, "train_examples": n} for n in TRAIN_SIZES),
     run_cell=run_adapter_cell,
     check_cell={"placement": "pfeiffer", "reduction_factor": 64},
     metric="exact_match",
     seeds=3,
-    lecture_numbers={"placement=houlsby reduction_factor=16": "best quality, < 3% params"},
+    lecture_numbers={"placement=houlsby reduction_factor=16": "best quality, < 3% params",
+                     "placement=houlsby reduction_factor=16 lr=0.01":
+                     "more stable across rates than full FT",
+                     "placement=houlsby reduction_factor=16 train_examples=16":
+                     "more sample efficient than full FT"},
 )
 
 

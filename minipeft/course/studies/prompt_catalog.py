@@ -22,17 +22,16 @@ the recipe of the method_table study; full fine-tuning at `learning_rate("full")
 from __future__ import annotations
 
 import functools
-import random
 
 import torch
 
-from minipeft.course.studies.catalog import fine_tune
+from minipeft.course.studies.catalog import fine_tune, training_subset
 from minipeft.course.studies.runner import Study
 from minipeft.methods import (PRESETS, FullFinetuneConfig, PromptTuningConfig, get_peft_model,
                               learning_rate)
 from minipeft.methods.spot import most_similar_source, task_similarity, train_prompt
 from minipeft.pretrained import load_pretrained
-from minipeft.tasks import encode_example, get_task, load_examples
+from minipeft.tasks import encode_example, get_task
 from minipeft.tokenizer import load_tokenizer
 from minipeft.train import answer_loss, evaluate_task, random_batches, train_loop
 
@@ -160,11 +159,6 @@ DOMAIN_SHIFT = Study(
 # --------------------------------------------------------------------------------------
 # Deep prompts (P-tuning v2) and prefixes against the input prompt, with little data
 # --------------------------------------------------------------------------------------
-def training_subset(n: int, seed: int) -> list:
-    """n training examples of the task, a different draw at each seed."""
-    return random.Random(f"prompt_low_data/{n}/{seed}").sample(load_examples(TASK, "train"), n)
-
-
 def run_low_data_cell(setup: dict, seed: int) -> dict[str, float]:
     """A method preset at its own rate, trained for `steps` batches drawn from only
     `train_examples` training reviews."""
@@ -173,7 +167,7 @@ def run_low_data_cell(setup: dict, seed: int) -> dict[str, float]:
     model = get_peft_model(load_pretrained(setup["size"]), PRESETS[method]())
     tokenizer = load_tokenizer()
     pairs = [encode_example(ex, tokenizer) for ex in
-             training_subset(setup["train_examples"], seed)]
+             training_subset(TASK, setup["train_examples"], seed, "prompt_low_data")]
     train_loop(model, random_batches(pairs, setup["batch_size"], tokenizer.eos_id, seed),
                setup["steps"], lr=learning_rate(method), seed=seed, progress=False)
     limit = setup["eval_limit"]
