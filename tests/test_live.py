@@ -173,6 +173,14 @@ def test_the_widget_cells_are_live_only():
             assert {"live-only", "nbval-ignore-output"} <= set(cell["metadata"].get("tags", []))
 
 
+def test_every_notebook_presents_with_a_theme_that_fetches_nothing():
+    """RISE's default reveal.js theme, `simple`, asks fonts.googleapis.com for its fonts;
+    `white` uses the fonts RISE serves itself (the Chromium test below sees no request)."""
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        rise = json.loads(path.read_text())["metadata"].get("rise", {})
+        assert rise.get("theme") == "white", f"{path.name}: set metadata.rise.theme = 'white'"
+
+
 # --- RISE, served and presented offline -----------------------------------------------------
 
 def free_port() -> int:
