@@ -11,6 +11,11 @@ and drawn when a slider moves:
   `prompt_length` (sentiment, 100 steps, vocabulary start, seed 0); notebook 05 draws the k
   vectors among the words and the prompt's validation accuracy.
 
+Notebook 05 also reads the three prompts of its initialisation demo (k = 10 vectors from a
+random, vocabulary or class-label start, 400 steps of 4 sentiment reviews, seed 0) with their
+training losses: the same vocabulary-start prompt returns in its domain-shift demo, and
+training all three takes longer than the notebook's whole time budget.
+
 Every model is trained by the studies' own `fine_tune` on one torch thread, so rebuilding
 gives the same tensors bit for bit (same torch) and the scores equal the studies' stored
 rows at seed 0. Rebuild everything with `python -m minipeft.course.live_demos`.
@@ -31,6 +36,8 @@ from minipeft.course.studies.runner import one_thread
 from minipeft.files import atomic_write_text, read_json_object
 from minipeft.methods import LoraConfig, learning_rate
 from minipeft.methods.base import PeftModel
+from minipeft.methods.prompts import PromptTuningConfig
+from minipeft.methods.spot import train_prompt
 from minipeft.paths import DATA_DIR
 from minipeft.pretrained import load_pretrained
 from minipeft.prompt_analysis import VocabularyPCA, nearest_token_ids, token_embeddings
@@ -41,6 +48,12 @@ LENGTHS = (1, 5, 10, 20, 50)
 LORA_TARGETS = ["q", "v"]
 SEED = 0
 SCORES_NAME = "scores.json"
+INIT_LOSSES_NAME = "init_losses.json"
+# The initialisation demo's recipe. Its lr per start: embedding-sized starts 0.3; the random
+# start, uniform in [-0.5, 0.5] and so larger than an embedding, 1.0.
+INIT_LRS = {"random": 1.0, "vocab": 0.3, "labels": 0.3}
+INIT_LENGTH, INIT_STEPS, INIT_BATCH_SIZE = 10, 400, 4
+LABEL_WORDS = [" positive", " negative"]
 REBUILD_HINT = "rebuild the demo data with `python -m minipeft.course.live_demos`"
 
 
@@ -50,6 +63,19 @@ def lora_folder(directory: Path, r: int) -> Path:
 
 def prompt_folder(directory: Path, k: int) -> Path:
     return Path(directory) / f"prompt_k{k}"
+
+
+def init_folder(directory: Path, init: str) -> Path:
+    return Path(directory) / f"prompt_init_{init}"
+
+
+def init_config(init: str) -> PromptTuningConfig:
+    """k = 10 vectors from `init`; the class-label start uses the sentiment label words."""
+    if init not in INIT_LRS:
+        raise ValueError(f"no initialisation demo for init={init!r}; choose one of "
+                         f"{sorted(INIT_LRS)}")
+    label_words = {"label_words": LABEL_WORDS} if init == "labels" else {}
+    return PromptTuningConfig(num_virtual_tokens=INIT_LENGTH, init=init, **label_words)
 
 
 # --------------------------------------------------------------------------------------
@@ -68,12 +94,31 @@ def train_prompt_of_length(k: int):
     return fine_tune(setup, SEED, prompt_config(setup), learning_rate("prompt"))
 
 
-def build_live_demos(directory: str | Path = LIVE_DEMO_DIR, ranks=RANKS, lengths=LENGTHS
-                     ) -> dict[str, float]:
+def train_init_prompt(init: str):
+    """Notebook 05's initialisation demo for one start: (prompt, TrainResult)."""
+    return train_prompt(load_pretrained("small"), "sentiment", init_config(init),
+                        steps=INIT_STEPS, lr=INIT_LRS[init], batch_size=INIT_BATCH_SIZE,
+                        seed=SEED)
+
+
+def build_init_prompts(directory: str | Path = LIVE_DEMO_DIR, inits=tuple(INIT_LRS)) -> None:
+    """Train and save the initialisation demo's prompts, then their losses in one JSON file."""
+    directory = Path(directory)
+    losses = {}
+    for init in inits:
+        with one_thread():  # one thread: the same sums in the same order, the same bits
+            prompt, run = train_init_prompt(init)
+        prompt.save_pretrained(init_folder(directory, init))
+        losses[init] = run.losses
+    atomic_write_text(directory / INIT_LOSSES_NAME, json.dumps(losses, indent=1))
+
+
+def build_live_demos(directory: str | Path = LIVE_DEMO_DIR, ranks=RANKS, lengths=LENGTHS,
+                     inits=tuple(INIT_LRS)) -> dict[str, float]:
     """Train and save every demo model; returns the seconds each part took.
 
     Each model is saved by `save_pretrained` (an atomic folder swap); `scores.json`, the
-    validation scores of every model without the timings, is written atomically last.
+    validation scores of the slider models without the timings, is written atomically last.
     """
     directory = Path(directory)
     scores = {"lora": {}, "prompt": {}}
@@ -89,6 +134,9 @@ def build_live_demos(directory: str | Path = LIVE_DEMO_DIR, ranks=RANKS, lengths
             scores[kind][str(value)] = {name: number for name, number in metrics.items()
                                         if name not in TIMING_METRICS}
         seconds[kind] = time.perf_counter() - start
+    start = time.perf_counter()
+    build_init_prompts(directory, inits)
+    seconds["init"] = time.perf_counter() - start
     atomic_write_text(directory / SCORES_NAME, json.dumps(scores, indent=1, sort_keys=True))
     return seconds
 
@@ -121,6 +169,22 @@ def load_prompts(directory: str | Path = LIVE_DEMO_DIR, lengths=LENGTHS
     prompts = {k: PeftModel.from_pretrained(base, prompt_folder(directory, k)).prompt.detach()
                for k in lengths}
     return token_embeddings(base), prompts
+
+
+def load_init_prompts(base, directory: str | Path = LIVE_DEMO_DIR, inits=tuple(INIT_LRS)
+                      ) -> tuple[dict[str, PeftModel], dict[str, list[float]]]:
+    """({init: the stored prompt on `base`}, {init: its training loss at every step})."""
+    directory = Path(directory)
+    path = directory / INIT_LOSSES_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {REBUILD_HINT}")
+    losses = read_json_object(path, REBUILD_HINT)
+    missing = [init for init in inits if init not in losses]
+    if missing:
+        raise ValueError(f"{path} has no losses for {missing}; {REBUILD_HINT}")
+    prompts = {init: PeftModel.from_pretrained(base, init_folder(directory, init))
+               for init in inits}
+    return prompts, {init: losses[init] for init in inits}
 
 
 # --------------------------------------------------------------------------------------
@@ -220,7 +284,8 @@ def main() -> None:
     files = [p for p in LIVE_DEMO_DIR.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     print(f"wrote {len(files)} files, {size / 1e6:.2f} MB, to {LIVE_DEMO_DIR}: LoRA "
-          f"{seconds['lora']:.0f} s, prompts {seconds['prompt']:.0f} s")
+          f"{seconds['lora']:.0f} s, prompts {seconds['prompt']:.0f} s, initialisation demo "
+          f"{seconds['init']:.0f} s")
 
 
 if __name__ == "__main__":
