@@ -25,11 +25,14 @@ from safetensors.torch import load_file
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minipeft.course.live_demos import (LENGTHS, LIVE_DEMO_DIR, RANKS, build_live_demos,  # noqa: E402
+from minipeft.course.live_demos import (INIT_LOSSES_NAME, INIT_LRS, INIT_STEPS,  # noqa: E402
+                                        LENGTHS, LIVE_DEMO_DIR, RANKS, build_live_demos,
                                         draw_lora_spectrum, draw_prompt_map, draw_prompt_scores,
+                                        init_config, init_folder, load_init_prompts,
                                         load_lora_updates, load_prompts, lora_folder,
                                         prompt_folder, read_scores)
 from minipeft.course.studies import read_results, results_path  # noqa: E402
+from minipeft.pretrained import load_pretrained  # noqa: E402
 from minipeft.prompt_analysis import VocabularyPCA  # noqa: E402
 from minipeft.tokenizer import load_tokenizer  # noqa: E402
 
@@ -153,12 +156,37 @@ def test_the_stored_models_are_the_studies_cells_at_seed_0():
 
 @pytest.mark.slow
 def test_rebuilding_gives_the_same_tensors(tmp_path):
-    build_live_demos(tmp_path, ranks=(1,), lengths=(1,))
-    for folder in (lora_folder, prompt_folder):
-        rebuilt = load_file(folder(tmp_path, 1) / "adapter_model.safetensors")
-        stored = load_file(folder(LIVE_DEMO_DIR, 1) / "adapter_model.safetensors")
+    build_live_demos(tmp_path, ranks=(1,), lengths=(1,), inits=("vocab",))
+    for folder, value in ((lora_folder, 1), (prompt_folder, 1), (init_folder, "vocab")):
+        rebuilt = load_file(folder(tmp_path, value) / "adapter_model.safetensors")
+        stored = load_file(folder(LIVE_DEMO_DIR, value) / "adapter_model.safetensors")
         assert rebuilt.keys() == stored.keys()
         assert all(torch.equal(rebuilt[name], stored[name]) for name in stored)
+    # the loss curve notebook 05 draws is the rebuilt run's, step for step
+    rebuilt_losses = json.loads((tmp_path / INIT_LOSSES_NAME).read_text())
+    stored_losses = json.loads((LIVE_DEMO_DIR / INIT_LOSSES_NAME).read_text())
+    assert rebuilt_losses["vocab"] == stored_losses["vocab"]
+
+
+def test_the_initialisation_demo_loads_every_start_with_its_whole_loss_curve():
+    base = load_pretrained("small")
+    prompts, losses = load_init_prompts(base)
+    assert list(prompts) == list(losses) == ["random", "vocab", "labels"] == list(INIT_LRS)
+    for init, prompt in prompts.items():
+        stored = load_file(init_folder(LIVE_DEMO_DIR, init) / "adapter_model.safetensors")
+        assert torch.equal(prompt.prompt.detach(), stored["prompt"])
+        assert prompt.prompt.shape == (10, base.config.d_model)
+        assert len(losses[init]) == INIT_STEPS and all(np.isfinite(losses[init]))
+
+
+def test_an_unknown_start_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="choose one of"):
+        init_config("zeros")
+    with pytest.raises(FileNotFoundError, match="python -m minipeft.course.live_demos"):
+        load_init_prompts(load_pretrained("small"), tmp_path)
+    (tmp_path / INIT_LOSSES_NAME).write_text(json.dumps({"vocab": [1.0]}))
+    with pytest.raises(ValueError, match=r"no losses for \['random'\]"):
+        load_init_prompts(load_pretrained("small"), tmp_path, inits=("random",))
 
 
 def test_the_widget_cells_are_live_only():
