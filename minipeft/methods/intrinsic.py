@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -35,8 +35,6 @@ import torch.nn as nn
 from minipeft.checks import check_choice, check_non_negative_int, check_positive_int
 from minipeft.methods.base import PeftConfig, register_method
 from minipeft.methods.selective import DeltaModel, candidate_parameters
-from minipeft.model import GPT
-from minipeft.train import answer_loss
 
 PROJECTIONS = ("dense", "fastfood")
 # Above this many entries (D·d) a dense P costs more than 64 MB: use "fastfood".
@@ -158,7 +156,7 @@ class IntrinsicModel(DeltaModel):
 
 
 # --------------------------------------------------------------------------------------
-# Sweeping d: the d90 of Li et al. and Aghajanyan et al.
+# The d90 of Li et al. and Aghajanyan et al. (the study `intrinsic_dimension` sweeps d)
 # --------------------------------------------------------------------------------------
 def d90(dims: list[int], scores: list[float], reference: float, fraction: float = 0.9,
         baseline: float = 0.0) -> int | None:
@@ -175,51 +173,6 @@ def d90(dims: list[int], scores: list[float], reference: float, fraction: float 
     return min(reached) if reached else None
 
 
-@dataclass
-class IntrinsicSweep:
-    dims: list[int]
-    metrics: list[float]  # task metric after fine-tuning in d dimensions
-    losses: list[float]  # validation answer loss after fine-tuning in d dimensions
-    reference: float  # full fine-tuning's metric
-    reference_loss: float  # full fine-tuning's validation answer loss
-    base_loss: float  # the pretrained model's validation answer loss
-    d90: int | None  # by the metric: first d reaching 90% of full fine-tuning's
-    d90_loss: int | None  # by the loss: first d removing 90% of what full fine-tuning removes
-
-
-def sweep_intrinsic_dimension(load_base: Callable[[], GPT], task: str, dims: list[int],
-                              steps: int = 100, lr: float = 0.05, full_lr: float = 1e-3,
-                              projection: str = "fastfood", seed: int = 0,
-                              eval_limit: int = 100, **config_kwargs) -> IntrinsicSweep:
-    """Fine-tune a fresh base in d dimensions for every d in `dims`, and fully once.
-
-    load_base() must return a new frozen copy of the pretrained model each time. Every run
-    uses the same steps, data order and seed; full fine-tuning uses `full_lr`.
-    """
-    from minipeft.methods.base import get_peft_model
-    from minipeft.methods.selective import FullFinetuneConfig
-    from minipeft.train import train
-
-    if not dims or any(d <= 0 for d in dims):
-        raise ValueError(f"dims={dims}: give positive subspace dimensions")
-
-    def fine_tune(config, rate) -> tuple[float, float]:
-        model = get_peft_model(load_base(), config)
-        metric = train(model, task, steps=steps, lr=rate, eval_limit=eval_limit, seed=seed,
-                       progress=False).final_metric
-        return metric, answer_loss(model, task, limit=eval_limit)
-
-    base_loss = answer_loss(load_base(), task, limit=eval_limit)
-    reference, reference_loss = fine_tune(FullFinetuneConfig(), full_lr)
-    runs = [fine_tune(IntrinsicConfig(d=d, projection=projection, seed=seed, **config_kwargs), lr)
-            for d in dims]
-    metrics, losses = [m for m, _ in runs], [loss for _, loss in runs]
-    return IntrinsicSweep(
-        list(dims), metrics, losses, reference, reference_loss, base_loss,
-        d90=d90(dims, metrics, reference),
-        d90_loss=d90(dims, [-loss for loss in losses], -reference_loss, baseline=-base_loss))
-
-
 PRESETS = {
     "intrinsic": lambda: IntrinsicConfig(d=1000, projection="fastfood"),
 }
@@ -228,5 +181,4 @@ PRESETS = {
 LEARNING_RATES = {"intrinsic": 5e-2}
 
 __all__ = ["IntrinsicConfig", "IntrinsicModel", "DenseProjection", "FastfoodProjection",
-           "fwht", "d90", "IntrinsicSweep", "sweep_intrinsic_dimension",
-           "PROJECTIONS", "PRESETS"]
+           "fwht", "d90", "PROJECTIONS", "PRESETS"]
