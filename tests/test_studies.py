@@ -280,6 +280,10 @@ def test_list_names_every_study(capsys):
     for name, study in STUDIES.items():
         assert any(line.split()[:3] == [name, str(len(study.cells)), str(study.seeds)]
                    for line in out.splitlines()), name
+    # a column table: the seeds column ends at the same place on every line
+    lines = out.splitlines()
+    seeds_end = {len(line) - len(line.split(None, 3)[3]) for line in lines}
+    assert len(seeds_end) == 1, out
 
 
 @pytest.mark.parametrize("argv, message", [

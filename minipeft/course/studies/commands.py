@@ -30,13 +30,14 @@ def run_command(args) -> None:
 
 
 def print_list() -> None:
-    print(f"{'study':18s} {'cells':>5s} {'seeds':>5s}  minutes (stored run, one thread/cell)")
+    width = max(len(name) for name in STUDIES)
+    print(f"{'study':{width}s} {'cells':>5s} {'seeds':>5s}  minutes (stored run, one thread/cell)")
     for study in STUDIES.values():
         minutes = estimated_minutes(study)
         stored = "not run yet" if minutes is None else (
             f"{minutes:.1f} with --jobs 1, ≈{minutes / 2:.1f} with --jobs 2 on 2 cores"
             + partial_note(study))
-        print(f"{study.name:18s} {len(study.cells):5d} {study.seeds:5d}  {stored}")
+        print(f"{study.name:{width}s} {len(study.cells):5d} {study.seeds:5d}  {stored}")
 
 
 def partial_note(study: Study) -> str:
