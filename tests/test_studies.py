@@ -7,6 +7,7 @@ bit for bit, so a stored table cannot silently stop describing the code.
 """
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from minipeft.course.studies import (STUDIES, Study, cell_label, check_reproduce
 from minipeft.course.studies.catalog import (ADAPTERS, bias_changes, fine_tune,
                                              rank_lecture_numbers)
 from minipeft.course.studies.results import seed_bars, summarize_values
-from minipeft.course.studies.runner import one_thread
+from minipeft.course.studies.runner import estimated_minutes, one_thread
 from minipeft.methods import AdapterConfig
 from minipeft.tasks import load_examples
 
@@ -307,3 +308,15 @@ def test_the_stored_table_reproduces(name):
     come back bit for bit. If a library change moves it on purpose, re-run the study with
     `python -m minipeft reproduce NAME --restart` and commit the new table."""
     assert check_reproduces(STUDIES[name]) == []
+
+
+def test_the_readme_table_lists_every_study_with_its_stored_minutes():
+    """The README's Studies table: one row per study, cells × seeds as defined and the
+    minutes that the stored run took (what `reproduce --list` estimates from)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, study in STUDIES.items():
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, f"README: one Studies row for {name}"
+        *_, shape, minutes, _ = rows[0].split("|")
+        assert shape.strip() == f"{len(study.cells)} × {study.seeds}", name
+        assert minutes.strip() == f"{estimated_minutes(study):.1f}", name
