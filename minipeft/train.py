@@ -561,13 +561,16 @@ def train(model: nn.Module, task: str, steps: int = 300, lr: float = 1e-3,
           seed: int = 0, tokenizer=None, param_groups: list[dict] | None = None,
           weight_decay: float = 0.0, progress: bool = True,
           checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
-          resume: bool = False, precision: str = "fp32") -> TrainResult:
+          resume: bool = False, precision: str = "fp32",
+          examples: list | None = None) -> TrainResult:
     """Fine-tune `model` (a PEFT model or a plain GPT) on a downstream task.
 
     The loss covers only the answer tokens: the prompt is context, not something to learn.
     Returns the loss curve and the validation metric (every `eval_every` steps and at the end).
     Runs on the model's device; `batch_size` is the global batch under torchrun.
     `checkpoint_dir` / `checkpoint_every` / `resume` / `precision`: see `train_loop`.
+    `examples`: train on these examples of the task instead of its whole training split
+    (a low-data run); the validation split is the task's either way.
     """
     from minipeft.tasks import encode_example, load_examples
     from minipeft.tokenizer import load_tokenizer
@@ -575,7 +578,8 @@ def train(model: nn.Module, task: str, steps: int = 300, lr: float = 1e-3,
     check_positive_int(batch_size, "batch_size")
     check_limit(eval_limit, "eval_limit")
     tokenizer = tokenizer or load_tokenizer()
-    pairs = [encode_example(ex, tokenizer) for ex in load_examples(task, "train")]
+    examples = load_examples(task, "train") if examples is None else examples
+    pairs = [encode_example(ex, tokenizer) for ex in examples]
     batches = random_batches(pairs, batch_size, tokenizer.eos_id, seed=seed)
     return train_loop(
         model, batches, steps, lr=lr, param_groups=param_groups, weight_decay=weight_decay,

@@ -58,16 +58,13 @@ def training_subset(task: str, n: int, seed: int, study: str) -> list:
 
 def fine_tune(setup: dict, seed: int, config, lr: float, examples: list | None = None):
     """Train `config` on setup's task from the pretrained checkpoint, on all its training
-    examples or only on `examples` (the same batch size, steps and sampler); (model,
-    metrics)."""
+    examples or only on `examples`; (model, metrics)."""
     torch.manual_seed(seed)  # the seed also fixes φ's random initialisation
     model = get_peft_model(load_pretrained(setup["size"]), config)
     task, steps = setup["task"], setup["steps"]
-    if examples is None:
-        result = train(model, task, steps=steps, lr=lr, batch_size=setup["batch_size"],
-                       eval_limit=setup["eval_limit"], seed=seed, progress=False)
-    else:
-        result = train_on_examples(model, setup, examples, lr, seed)
+    result = train(model, task, steps=steps, lr=lr, batch_size=setup["batch_size"],
+                   eval_limit=setup["eval_limit"], seed=seed, progress=False,
+                   examples=examples)
     trainable, total = model.count_parameters()
     return model, {
         get_task(task).metric: result.final_metric,
@@ -76,18 +73,6 @@ def fine_tune(setup: dict, seed: int, config, lr: float, examples: list | None =
         "trainable_percent": 100 * trainable / total,
         "step_seconds": result.seconds / steps,
     }
-
-
-def train_on_examples(model, setup: dict, examples: list, lr: float, seed: int):
-    """`train`'s loop (random batches with replacement, evaluation at the end) over the
-    given examples only."""
-    tokenizer, task = load_tokenizer(), setup["task"]
-    pairs = [encode_example(example, tokenizer) for example in examples]
-    return train_loop(
-        model, random_batches(pairs, setup["batch_size"], tokenizer.eos_id, seed),
-        setup["steps"], lr=lr, seed=seed, progress=False,
-        evaluate=lambda: evaluate_task(model, task, "validation", tokenizer,
-                                       setup["eval_limit"]))
 
 
 # --------------------------------------------------------------------------------------
