@@ -142,7 +142,10 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
 # Strict reads
 # --------------------------------------------------------------------------------------
 def read_json_object(path: Path, fix: str) -> dict:
-    """The JSON object in `path`, or one ValueError naming the file and `fix`."""
+    """The JSON object in `path`, or one error naming the file and `fix`: FileNotFoundError
+    when it is missing, ValueError when it is not a JSON object."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing; {fix}")
     try:
         value = json.loads(Path(path).read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

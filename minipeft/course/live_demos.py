@@ -145,10 +145,7 @@ def build_live_demos(directory: str | Path = LIVE_DEMO_DIR, ranks=RANKS, lengths
 # Reading it back
 # --------------------------------------------------------------------------------------
 def read_scores(directory: str | Path = LIVE_DEMO_DIR) -> dict:
-    path = Path(directory) / SCORES_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {REBUILD_HINT}")
-    return read_json_object(path, REBUILD_HINT)
+    return read_json_object(Path(directory) / SCORES_NAME, REBUILD_HINT)
 
 
 def load_lora_updates(directory: str | Path = LIVE_DEMO_DIR, ranks=RANKS
@@ -176,8 +173,6 @@ def load_init_prompts(base, directory: str | Path = LIVE_DEMO_DIR, inits=tuple(I
     """({init: the stored prompt on `base`}, {init: its training loss at every step})."""
     directory = Path(directory)
     path = directory / INIT_LOSSES_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {REBUILD_HINT}")
     losses = read_json_object(path, REBUILD_HINT)
     missing = [init for init in inits if init not in losses]
     if missing:
